@@ -1,0 +1,80 @@
+"""Backends and how one is chosen.
+
+    cpu      ONNX Runtime (CPU) + OpenCV on worker threads
+    gpu      the GPU-resident engine: VRAM cache, IOBinding, CuPy kernels
+    gpu-sim  the same engine with NumPy for CuPy, ONNX Runtime on the CPU and
+             the kernels compiled for the host: runs anywhere, bit-exact
+    auto     gpu when a CUDA device is usable, else cpu
+
+GPU availability is decided here, at run time, never at import.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from ..dataset import Dataset
+from ..errors import BackendUnavailable
+from ..telemetry import StageStats
+from .base import Backend, PendingBatch, RenderSettings
+
+BACKENDS = ("cpu", "gpu", "gpu-sim")
+CHOICES = BACKENDS + ("auto",)
+
+
+@lru_cache(maxsize=1)
+def cuda_unavailable_reason() -> str | None:
+    """None when a CUDA device and ONNX Runtime's CUDA provider are usable,
+    else why not, in a few words."""
+    try:
+        import cupy
+    except Exception as exc:  # ImportError, or a CUDA library missing underneath
+        return f"CuPy cannot be imported: {exc}"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDARuntimeError: no driver, driver too old, ...
+        return str(exc).strip() or type(exc).__name__
+    if count < 1:
+        return "no CUDA device found"
+    try:
+        import onnxruntime
+    except Exception as exc:
+        return f"onnxruntime cannot be imported: {exc}"
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        return "onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
+    return None
+
+
+def resolve(name: str) -> tuple[str, str | None]:
+    """The backend to use for `name`, and a notice to show the user (or None)."""
+    if name == "auto":
+        reason = cuda_unavailable_reason()
+        if reason is None:
+            return "gpu", None
+        return "cpu", f"no usable CUDA device ({reason}); using the cpu backend"
+    if name not in BACKENDS:
+        raise BackendUnavailable(f"unknown backend {name!r} (choose from {', '.join(CHOICES)})")
+    if name == "gpu":
+        reason = cuda_unavailable_reason()
+        if reason is not None:
+            raise BackendUnavailable(f"no CUDA device ({reason})")
+    return name, None
+
+
+def create(name: str, dataset: Dataset, model_path: Path, settings: RenderSettings,
+           stats: StageStats) -> Backend:
+    """A ready backend (model loaded); `name` must be resolved already."""
+    if name == "cpu":
+        from .cpu import CpuBackend
+
+        return CpuBackend(dataset, model_path, settings, stats)
+    if name in ("gpu", "gpu-sim"):
+        from .gpu import GpuBackend
+
+        return GpuBackend(dataset, model_path, settings, stats, simulate=(name == "gpu-sim"))
+    raise BackendUnavailable(f"unknown backend {name!r}")
+
+
+__all__ = ["BACKENDS", "CHOICES", "Backend", "PendingBatch", "RenderSettings", "create",
+           "cuda_unavailable_reason", "resolve"]

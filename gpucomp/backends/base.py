@@ -1,0 +1,79 @@
+"""What the pipeline needs from a backend.
+
+A backend owns the frame cache, the model session and the compositing. The
+pipeline gives it batches of cache positions and receives finished host frames;
+it never sees CuPy, OpenCV or ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..dataset import Dataset
+from ..telemetry import StageStats
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    batch: int = 4
+    workers: int = 4
+    feather: int = 0
+
+
+class PendingBatch(ABC):
+    """Frames of one submitted batch; computation may still be under way."""
+
+    indices: list[int]  # dataset frame index of each frame
+
+    @abstractmethod
+    def wait(self) -> list[np.ndarray]:
+        """Block until the batch's finished host frames (H, W, 3 uint8) are ready."""
+
+    def release(self):
+        """The frames have been saved: their buffers may be reused."""
+
+
+class Backend(ABC):
+    name: str
+    # Batches that may be submitted and not yet released; at least 2 so one
+    # batch computes while another is being saved.
+    max_in_flight: int = 3
+
+    def __init__(self, dataset: Dataset, settings: RenderSettings, stats: StageStats):
+        self.dataset = dataset
+        self.settings = settings
+        self.stats = stats
+
+    @abstractmethod
+    def prepare(self, indices: range, progress=None):
+        """Load the frames of `indices` and warm up every batch shape the run uses.
+
+        Positions 0..len(indices)-1 given to `submit` refer to these frames.
+        """
+
+    @abstractmethod
+    def submit(self, positions: range) -> PendingBatch:
+        """Start inference and compositing for the frames at `positions`."""
+
+    def close(self):
+        """Free what the backend holds."""
+
+    def describe(self) -> str:
+        return self.name
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def batch_sizes(count: int, batch: int) -> set[int]:
+    """Every batch shape a run over `count` frames in batches of `batch` uses."""
+    sizes = {min(batch, count)}
+    if count % batch and count > batch:
+        sizes.add(count % batch)
+    return sizes

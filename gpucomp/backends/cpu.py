@@ -1,0 +1,83 @@
+"""CPU backend: ONNX Runtime on the CPU, OpenCV resize and NumPy paste on a
+pool of worker threads (OpenCV and large NumPy copies release the GIL)."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import cv2
+import numpy as np
+
+from ..contract import ROI_OFFSET, ROI_SIZE, Placement, audio_input, feather_alpha, feather_blend, \
+    prediction_to_u8, visual_input
+from ..dataset import FrameCache, preload
+from ..model import ModelSession
+from ..telemetry import Timer
+from .base import Backend, PendingBatch, batch_sizes
+
+
+def composite_frame(full: np.ndarray, crop: np.ndarray, pred: np.ndarray, placement: Placement,
+                    feather: int = 0) -> np.ndarray:
+    """One output frame per PIPELINE.md: prediction into the 328 template,
+    bilinear (cv2.INTER_LINEAR) to the rectangle, pasted into a copy of the frame."""
+    out = full.copy()
+    if not placement.visible:
+        return out
+    template = crop.copy()
+    template[ROI_OFFSET : ROI_OFFSET + ROI_SIZE, ROI_OFFSET : ROI_OFFSET + ROI_SIZE] = prediction_to_u8(pred)
+    face = cv2.resize(template, (placement.width, placement.height), interpolation=cv2.INTER_LINEAR)
+    rows, cols = placement.frame_slices()
+    face_rows, face_cols = placement.face_slices()
+    face = face[face_rows, face_cols]
+    if feather:
+        alpha = feather_alpha(placement.width, placement.height, feather)[face_rows, face_cols]
+        face = feather_blend(face, out[rows, cols], alpha)
+    out[rows, cols] = face
+    return out
+
+
+class _CpuPending(PendingBatch):
+    def __init__(self, indices: list[int], futures: list[Future]):
+        self.indices = indices
+        self._futures = futures
+
+    def wait(self) -> list[np.ndarray]:
+        return [f.result() for f in self._futures]
+
+
+class CpuBackend(Backend):
+    name = "cpu"
+
+    def __init__(self, dataset, model_path, settings, stats, *, threads: int | None = None):
+        super().__init__(dataset, settings, stats)
+        self.session = ModelSession(model_path, ["CPUExecutionProvider"], threads=threads)
+        # Frames are composited in parallel by our pool; OpenCV's own threads
+        # on a 180x180 resize would only add contention.
+        cv2.setNumThreads(1)
+        self._pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="composite")
+        self.cache: FrameCache | None = None
+
+    def prepare(self, indices: range, progress=None):
+        self.cache = preload(self.dataset, indices, progress)
+        for size in batch_sizes(len(indices), self.settings.batch):
+            self.session.warm_up(size)
+
+    def submit(self, positions: range) -> PendingBatch:
+        cache = self.cache
+        indices = [cache.indices[p] for p in positions]
+        with Timer(self.stats, "inference", len(positions)):
+            visual = visual_input(cache.crops[positions.start : positions.stop])
+            audio = audio_input(self.dataset.features, indices)
+            pred = self.session.run(visual, audio)
+        futures = [self._pool.submit(self._composite, p, pred[k]) for k, p in enumerate(positions)]
+        return _CpuPending(indices, futures)
+
+    def _composite(self, position: int, pred: np.ndarray) -> np.ndarray:
+        with Timer(self.stats, "composite", 1):
+            index = self.cache.indices[position]
+            return composite_frame(self.cache.full[position], self.cache.crops[position], pred,
+                                   self.dataset.placements[index], self.settings.feather)
+
+    def close(self):
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.cache = None

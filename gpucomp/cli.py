@@ -1,0 +1,199 @@
+"""Command line: `python -m gpucomp {render,demo,synth,model}`.
+
+Bad input ends with one line `error: ...` on stderr and exit status 2; Ctrl-C or
+SIGTERM stops cleanly (every file already written is complete) with status 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+from .errors import GpucompError
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports mistakes as a GpucompError (one line, exit 2)."""
+
+    def error(self, message):
+        raise GpucompError(message)
+
+
+def _int_range(lo: int, hi: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is outside {lo}..{hi}")
+        return value
+    return parse
+
+
+def _float_range(lo: float, hi: float):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not lo < value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is outside ({lo}, {hi}]")
+        return value
+    return parse
+
+
+def add_render_options(p: argparse.ArgumentParser):
+    """Options shared by `render` and `demo`."""
+    from .backends import CHOICES
+    from .encode import IMAGE_FORMATS
+
+    p.add_argument("--backend", choices=CHOICES, default="auto",
+                   help="cpu, gpu, gpu-sim (the GPU engine simulated on the CPU) or auto (default: gpu if usable)")
+    p.add_argument("--batch", type=_int_range(1, 256), default=4, help="frames per inference batch (default 4)")
+    p.add_argument("--workers", type=_int_range(1, 256), default=4,
+                   help="compositing and encoding threads (default 4)")
+    p.add_argument("--start", type=_int_range(0, 10**9), default=0, help="first dataset frame (default 0)")
+    p.add_argument("--frames", type=_int_range(1, 10**9), default=None, help="number of frames (default: to the end)")
+    p.add_argument("--format", choices=IMAGE_FORMATS, default="png", help="output format (default png)")
+    p.add_argument("--feather", type=_int_range(0, 64), default=0,
+                   help="blend the face edge over K pixels (default 0: the exact contract)")
+    p.add_argument("--clip-rects", action="store_true",
+                   help="accept rectangles reaching outside the frame; only the inside part is written")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m gpucomp", description="GPU-resident compositing for lip-sync video.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("render", help="composite model predictions into the full-body video")
+    p.add_argument("--data", type=Path, required=True, help="dataset directory")
+    p.add_argument("--model", type=Path, required=True, help="UNet-328 ONNX model")
+    p.add_argument("--output", type=Path, required=True, help="output directory")
+    add_render_options(p)
+
+    p = sub.add_parser("demo", help="render the built-in demo dataset with the built-in model (built once, cached)")
+    p.add_argument("--output", type=Path, default=Path("out/demo"), help="output directory (default out/demo)")
+    p.add_argument("--dataset-frames", type=_int_range(2, 100000), default=100,
+                   help="frames in the demo dataset (default 100)")
+    p.add_argument("--width-mult", type=_float_range(0, 4), default=1.0,
+                   help="model width multiplier (default 1.0: the full UNet-328)")
+    add_render_options(p)
+
+    p = sub.add_parser("synth", help="write a synthetic demo dataset")
+    p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--frames", type=_int_range(2, 100000), default=100)
+    p.add_argument("--seed", type=_int_range(0, 2**31 - 1), default=0)
+
+    p = sub.add_parser("model", help="build UNet-328 as ONNX with seeded weights")
+    p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--width-mult", type=_float_range(0, 4), default=1.0)
+    p.add_argument("--seed", type=_int_range(0, 2**31 - 1), default=0)
+    return parser
+
+
+def _cmd_synth(args) -> int:
+    from .synth import write_dataset
+    from .telemetry import decode_progress
+
+    report, close = decode_progress(args.frames, "synth", sys.stderr.isatty())
+    try:
+        write_dataset(args.output, args.frames, args.seed, progress=report)
+    except OSError as exc:
+        raise GpucompError(f"{args.output}: cannot write the dataset ({exc.strerror or exc})") from None
+    finally:
+        close()
+    print(f"wrote {args.frames} frames to {args.output}")
+    return 0
+
+
+def _cmd_model(args) -> int:
+    import onnx
+
+    from .model import build_unet328, parameter_count
+
+    model = build_unet328(args.width_mult, args.seed)
+    try:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(model, str(args.output))
+    except OSError as exc:
+        raise GpucompError(f"{args.output}: cannot write the model ({exc.strerror or exc})") from None
+    print(f"wrote UNet-328 (width {args.width_mult:g}, {parameter_count(model):,} weights) to {args.output}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import demo_dataset, demo_model
+
+    args.data = demo_dataset(args.dataset_frames, quiet=args.quiet)
+    args.model = demo_model(args.width_mult, quiet=args.quiet)
+    return _cmd_render(args)
+
+
+def _cmd_render(args) -> int:
+    from .backends import RenderSettings, create, resolve
+    from .dataset import Dataset
+    from .encode import ImageSequenceSink
+    from .pipeline import render
+    from .report import print_summary
+    from .telemetry import Progress, StageStats, decode_progress
+
+    dataset = Dataset.open(args.data, clip_rects=args.clip_rects)
+    indices = dataset.select(args.start, args.frames)
+    name, notice = resolve(args.backend)
+    if notice:
+        print(f"note: {notice}", file=sys.stderr)
+    stats = StageStats()
+    settings = RenderSettings(batch=args.batch, workers=args.workers, feather=args.feather)
+    sink = ImageSequenceSink(args.output, args.format, args.workers, stats)
+    show = not args.quiet
+    with create(name, dataset, args.model, settings, stats) as backend:
+        print(f"render: {backend.describe()}, frames {indices.start}..{indices.stop - 1} of {dataset.root}, "
+              f"batch {args.batch}, workers {args.workers} -> {sink.directory} ({args.format})", file=sys.stderr)
+        t0 = time.perf_counter()
+        report, close = decode_progress(len(indices), "load", show)
+        try:
+            backend.prepare(indices, report)
+        finally:
+            close()
+        prepared = time.perf_counter() - t0
+        progress = Progress(len(indices), stats, enabled=show)
+        try:
+            result = render(backend, len(indices), sink, batch=args.batch, progress=progress)
+        except KeyboardInterrupt:
+            progress.close()
+            print(f"interrupted: {sink.written} frames were written completely to {sink.directory}",
+                  file=sys.stderr)
+            return EXIT_INTERRUPTED
+        progress.close()
+    print_summary(result, backend_name=backend.describe(), prepare_seconds=prepared)
+    return 0
+
+
+COMMANDS = {"render": _cmd_render, "demo": _cmd_demo, "synth": _cmd_synth, "model": _cmd_model}
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # stop as cleanly as on Ctrl-C
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except GpucompError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)

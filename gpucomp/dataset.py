@@ -1,0 +1,221 @@
+"""The dataset layout of PIPELINE.md: validation with clear errors, and frames.
+
+    full_body_video.mp4   N full frames (BGR as OpenCV decodes them)
+    crops_328_video.mp4   N face crops, 328x328
+    crop_rectangles.json  {"<i>": {"rect": [x1, y1, x2, y2], ...}} or crop_rects.json [[x1, y1, x2, y2], ...]
+    aud_ave.npy           (M, 512) float features; M may differ from N
+    audio_16k.npy | audio.wav | audio.npy   optional voice track for video output
+
+Opening a dataset checks everything that is cheap to check (files, sizes, frame
+counts, every rectangle, the features); decoding reports the file and frame of
+any frame that cannot be read.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .contract import CROP_SIZE, FEATURE_DIM, Placement, place
+from .errors import DatasetError, ResourceError
+from .resources import available_memory, format_bytes
+from .videoio import FrameReader, VideoInfo, probe_video
+
+FULL_VIDEO = "full_body_video.mp4"
+CROPS_VIDEO = "crops_328_video.mp4"
+RECT_FILES = ("crop_rectangles.json", "crop_rects.json")
+FEATURES_FILE = "aud_ave.npy"
+AUDIO_FILES = ("audio_16k.npy", "audio.wav", "audio.npy")
+
+# Preloading may use at most this share of the memory the system has available.
+PRELOAD_MEMORY_SHARE = 0.8
+
+
+def load_rectangles(path: Path) -> list:
+    """The raw [x1, y1, x2, y2] of every frame, in frame order, from either schema."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found") from None
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: not a text file") from None
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    if isinstance(data, list):
+        return data
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: expected an object {{\"0\": {{\"rect\": [...]}}, ...}} or a list of rectangles")
+    if not data:
+        raise DatasetError(f"{path}: no rectangles")
+    indices = {}
+    for key, entry in data.items():
+        try:
+            index = int(key)
+        except ValueError:
+            raise DatasetError(f"{path}: key {key!r} is not a frame index") from None
+        if index < 0 or str(index) != key.strip():
+            raise DatasetError(f"{path}: key {key!r} is not a frame index")
+        if not isinstance(entry, dict) or "rect" not in entry:
+            raise DatasetError(f"{path}: frame {index}: missing key 'rect'")
+        indices[index] = entry["rect"]
+    missing = next((i for i in range(len(indices)) if i not in indices), None)
+    if missing is not None:
+        raise DatasetError(f"{path}: frame {missing} has no rectangle (keys must be 0..{len(indices) - 1})")
+    return [indices[i] for i in range(len(indices))]
+
+
+def load_features(path: Path) -> np.ndarray:
+    """(M, 512) float32 audio features, finite."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    try:
+        features = np.load(path, allow_pickle=False)
+    except Exception as exc:  # numpy raises several types for bad files
+        raise DatasetError(f"{path}: not a readable .npy array ({str(exc).splitlines()[0][:120]})") from None
+    if not isinstance(features, np.ndarray) or features.ndim != 2 or features.shape[1] != FEATURE_DIM:
+        shape = getattr(features, "shape", "?")
+        raise DatasetError(f"{path}: features must have shape (M, {FEATURE_DIM}), got {shape}")
+    if features.shape[0] == 0:
+        raise DatasetError(f"{path}: features have no rows")
+    if not np.issubdtype(features.dtype, np.floating) and not np.issubdtype(features.dtype, np.integer):
+        raise DatasetError(f"{path}: features must be numbers, got dtype {features.dtype}")
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    bad = ~np.isfinite(features)
+    if bad.any():
+        row = int(np.argwhere(bad)[0][0])
+        raise DatasetError(f"{path}: row {row} holds NaN or infinity")
+    return features
+
+
+@dataclass
+class Dataset:
+    """A validated dataset; frames are decoded on demand."""
+
+    root: Path
+    full: VideoInfo
+    crops: VideoInfo
+    rects_path: Path
+    placements: list[Placement]
+    features: np.ndarray
+    audio_path: Path | None
+
+    @property
+    def frames(self) -> int:
+        return len(self.placements)
+
+    @property
+    def width(self) -> int:
+        return self.full.width
+
+    @property
+    def height(self) -> int:
+        return self.full.height
+
+    @property
+    def fps(self) -> float:
+        return self.full.fps
+
+    @classmethod
+    def open(cls, root: Path, *, clip_rects: bool = False) -> "Dataset":
+        root = Path(root)
+        if not root.is_dir():
+            raise DatasetError(f"{root}: dataset directory not found")
+        full = probe_video(root / FULL_VIDEO)
+        crops = probe_video(root / CROPS_VIDEO)
+        if (crops.width, crops.height) != (CROP_SIZE, CROP_SIZE):
+            raise DatasetError(f"{crops.path}: crops are {crops.width}x{crops.height}, expected {CROP_SIZE}x{CROP_SIZE}")
+        rects_path = next((root / n for n in RECT_FILES if (root / n).is_file()), None)
+        if rects_path is None:
+            raise DatasetError(f"{root}: no {' or '.join(RECT_FILES)}")
+        raw = load_rectangles(rects_path)
+        if not raw:
+            raise DatasetError(f"{rects_path}: no rectangles")
+        for info in (full, crops):
+            if info.frames != len(raw):
+                raise DatasetError(f"{info.path}: has {info.frames} frames but {rects_path.name} "
+                                   f"has {len(raw)} rectangles")
+        placements = [place(r, full.width, full.height, clip=clip_rects, where=f"{rects_path}: frame {i}")
+                      for i, r in enumerate(raw)]
+        features = load_features(root / FEATURES_FILE)
+        audio = next((root / n for n in AUDIO_FILES if (root / n).is_file()), None)
+        return cls(root, full, crops, rects_path, placements, features, audio)
+
+    def select(self, start: int = 0, frames: int | None = None) -> range:
+        """Dataset frame indices for --start/--frames, checked against the length."""
+        if start < 0:
+            raise DatasetError(f"--start must be >= 0, got {start}")
+        if start >= self.frames:
+            raise DatasetError(f"--start {start} is beyond the last frame (the dataset has {self.frames} "
+                               f"frames, 0..{self.frames - 1})")
+        if frames is None:
+            frames = self.frames - start
+        if frames < 1:
+            raise DatasetError(f"--frames must be >= 1, got {frames}")
+        if start + frames > self.frames:
+            raise DatasetError(f"--start {start} --frames {frames} runs past the end "
+                               f"(the dataset has {self.frames} frames; at most {self.frames - start} from {start})")
+        return range(start, start + frames)
+
+    def frame_bytes(self) -> int:
+        """Host bytes one frame needs in a cache: the full frame and its crop."""
+        return self.width * self.height * 3 + CROP_SIZE * CROP_SIZE * 3
+
+
+@dataclass
+class FrameCache:
+    """Decoded frames of a contiguous range, all in host memory.
+
+    Position p holds dataset frame `indices[p]`.
+    """
+
+    indices: range
+    full: np.ndarray   # (n, H, W, 3) uint8
+    crops: np.ndarray  # (n, 328, 328, 3) uint8
+
+
+def preload(dataset: Dataset, indices: range, progress=None) -> FrameCache:
+    """Decode the frames of `indices` once into RAM, both videos in parallel.
+
+    Refuses, before allocating, when the frames would not fit in the memory the
+    system has available. `progress(n)` is called as full frames are decoded.
+    """
+    need = len(indices) * dataset.frame_bytes()
+    available = available_memory()
+    if need > PRELOAD_MEMORY_SHARE * available:
+        raise ResourceError(
+            f"preloading {len(indices)} frames needs {format_bytes(need)} of RAM but only "
+            f"{format_bytes(available)} is available; render a part with --start/--frames")
+    full = np.empty((len(indices), dataset.height, dataset.width, 3), np.uint8)
+    crops = np.empty((len(indices), CROP_SIZE, CROP_SIZE, 3), np.uint8)
+    errors: list[BaseException] = []
+
+    def decode(info: VideoInfo, into: np.ndarray, report):
+        try:
+            with FrameReader(info, indices.start) as reader:
+                for p in range(len(indices)):
+                    reader.read(into[p])
+                    if report:
+                        report(p + 1)
+        except BaseException as exc:  # re-raised in the caller's thread
+            errors.append(exc)
+
+    # OpenCV decodes without the GIL, so two threads decode two videos at once.
+    crops_thread = threading.Thread(target=decode, args=(dataset.crops, crops, None), daemon=True)
+    crops_thread.start()
+    decode(dataset.full, full, progress)
+    crops_thread.join()
+    if errors:
+        raise errors[0]
+    return FrameCache(indices, full, crops)
+
+
+def describe(dataset: Dataset) -> str:
+    m = dataset.features.shape[0]
+    return (f"{dataset.root}: {dataset.frames} frames {dataset.width}x{dataset.height} at {dataset.fps:g} fps, "
+            f"{m} feature rows, audio {'yes' if dataset.audio_path else 'none'}")
+

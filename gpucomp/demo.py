@@ -1,0 +1,71 @@
+"""Built-in demo assets, built once and cached: a synthetic dataset and a model.
+
+The cache lives in $GPUCOMP_CACHE, else $XDG_CACHE_HOME/gpucomp, else
+~/.cache/gpucomp. Entries are built under a temporary name and renamed into
+place, so an interrupted build never leaves a half-written entry behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+# Bump when the generator changes what it writes, so stale caches are not reused.
+SYNTH_VERSION = 1
+MODEL_VERSION = 1
+
+
+def cache_dir() -> Path:
+    if os.environ.get("GPUCOMP_CACHE"):
+        return Path(os.environ["GPUCOMP_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "gpucomp"
+
+
+def _say(message: str, quiet: bool):
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def demo_dataset(frames: int = 100, seed: int = 0, quiet: bool = False) -> Path:
+    """Path of a cached synthetic dataset of `frames` frames, built if missing."""
+    from .synth import write_dataset
+
+    final = cache_dir() / "datasets" / f"demo-{frames}f-seed{seed}-v{SYNTH_VERSION}"
+    if final.is_dir():
+        return final
+    _say(f"building demo dataset ({frames} frames) in {final} ...", quiet)
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        write_dataset(tmp, frames=frames, seed=seed)
+        try:
+            tmp.rename(final)
+        except OSError:  # built concurrently by another process: keep theirs
+            if not final.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def demo_model(width_mult: float = 1.0, seed: int = 0, quiet: bool = False) -> Path:
+    """Path of a cached UNet-328 ONNX model, built if missing."""
+    import onnx
+
+    from .model import build_unet328
+
+    final = cache_dir() / "models" / f"unet328-w{width_mult:g}-seed{seed}-v{MODEL_VERSION}.onnx"
+    if final.is_file():
+        return final
+    _say(f"building UNet-328 (width {width_mult:g}) in {final} ...", quiet)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    try:
+        onnx.save(build_unet328(width_mult, seed), str(tmp))
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return final

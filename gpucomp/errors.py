@@ -1,0 +1,31 @@
+"""The project's own error types.
+
+Every problem caused by input or environment (a missing file, a bad rectangle, a
+model that breaks the contract, no GPU) raises a `GpucompError`. The CLI prints it
+as one line `error: ...` and exits with status 2; anything else is a bug and keeps
+its traceback.
+"""
+
+
+class GpucompError(Exception):
+    """Bad input or an unusable environment, explained in one line."""
+
+
+class DatasetError(GpucompError):
+    """The dataset directory, one of its files, or a frame in it is unusable."""
+
+
+class ModelError(GpucompError):
+    """The ONNX model is missing, unreadable or breaks the UNet-328 contract."""
+
+
+class BackendUnavailable(GpucompError):
+    """The requested backend cannot run on this machine."""
+
+
+class OutputError(GpucompError):
+    """The output location cannot be written, or writing failed."""
+
+
+class ResourceError(GpucompError):
+    """Not enough host or device memory for what was asked."""

@@ -1,0 +1,64 @@
+"""Shared fixtures: a small synthetic dataset, a width-0.25 model, the real
+sanders fixtures (skipped when absent), and the list of usable backends."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SANDERS = ROOT.parent / "shared" / "fixtures" / "sanders"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Demo assets built by tests go to a temporary cache, not the user's."""
+    if "GPUCOMP_CACHE" not in os.environ:
+        os.environ["GPUCOMP_CACHE"] = str(tmp_path_factory.mktemp("gpucomp-cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory) -> Path:
+    from gpucomp.synth import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("data") / "small", frames=24, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    import onnx
+
+    from gpucomp.model import build_unet328
+
+    path = tmp_path_factory.mktemp("model") / "unet328_w025.onnx"
+    onnx.save(build_unet328(0.25, seed=1), str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def sanders() -> Path:
+    if not (SANDERS / "crop_rectangles.json").is_file():
+        pytest.skip(f"real sanders fixtures not found at {SANDERS} (they live outside the repository)")
+    return SANDERS
+
+
+def run_cli(*args, timeout=300, **kwargs):
+    """Run `python -m gpucomp ARGS` in a subprocess; returns CompletedProcess."""
+    import subprocess
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "gpucomp", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=env, **kwargs)
+
+
+def random_prediction(rng: np.random.Generator, batch: int | None = None) -> np.ndarray:
+    """Float32 predictions with values inside and outside [0, 1], and NaN."""
+    shape = (3, 320, 320) if batch is None else (batch, 3, 320, 320)
+    pred = rng.uniform(-0.1, 1.1, size=shape).astype(np.float32)
+    pred.reshape(-1)[:: 9973] = np.nan
+    return pred
