@@ -64,9 +64,13 @@ def add_render_options(p: argparse.ArgumentParser):
     p.add_argument("--format", choices=IMAGE_FORMATS, default="png", help="output format (default png)")
     p.add_argument("--feather", type=_int_range(0, 64), default=0,
                    help="blend the face edge over K pixels (default 0: the exact contract)")
+    p.add_argument("--cudnn-algo", choices=("exhaustive", "heuristic", "default"), default="exhaustive",
+                   help="gpu: ONNX Runtime's cuDNN convolution algorithm search (default exhaustive)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="gpu: capture inference as a CUDA graph per batch shape and replay it")
     p.add_argument("--clip-rects", action="store_true",
                    help="accept rectangles reaching outside the frame; only the inside part is written")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or header; errors and the summary still print")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("model", help="build UNet-328 as ONNX with seeded weights")
     p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--kind", choices=("unet328", "echo"), default="unet328",
+                   help="echo: output = the input's roi channels, computed identically on every device, "
+                        "for bit-exact comparisons of backends end to end")
     p.add_argument("--width-mult", type=_float_range(0, 4), default=1.0)
     p.add_argument("--seed", type=_int_range(0, 2**31 - 1), default=0)
     return parser
@@ -117,15 +124,16 @@ def _cmd_synth(args) -> int:
 def _cmd_model(args) -> int:
     import onnx
 
-    from .model import build_unet328, parameter_count
+    from .model import build_echo_model, build_unet328, parameter_count
 
-    model = build_unet328(args.width_mult, args.seed)
+    model = build_echo_model() if args.kind == "echo" else build_unet328(args.width_mult, args.seed)
     try:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         onnx.save(model, str(args.output))
     except OSError as exc:
         raise GpucompError(f"{args.output}: cannot write the model ({exc.strerror or exc})") from None
-    print(f"wrote UNet-328 (width {args.width_mult:g}, {parameter_count(model):,} weights) to {args.output}")
+    what = "echo model" if args.kind == "echo" else f"UNet-328 (width {args.width_mult:g})"
+    print(f"wrote {what}, {parameter_count(model):,} weights, to {args.output}")
     return 0
 
 
@@ -151,12 +159,14 @@ def _cmd_render(args) -> int:
     if notice:
         print(f"note: {notice}", file=sys.stderr)
     stats = StageStats()
-    settings = RenderSettings(batch=args.batch, workers=args.workers, feather=args.feather)
+    settings = RenderSettings(batch=args.batch, workers=args.workers, feather=args.feather,
+                              cudnn_algo=args.cudnn_algo.upper(), cuda_graph=args.cuda_graph)
     sink = ImageSequenceSink(args.output, args.format, args.workers, stats)
     show = not args.quiet
     with create(name, dataset, args.model, settings, stats) as backend:
-        print(f"render: {backend.describe()}, frames {indices.start}..{indices.stop - 1} of {dataset.root}, "
-              f"batch {args.batch}, workers {args.workers} -> {sink.directory} ({args.format})", file=sys.stderr)
+        if show:
+            print(f"render: {backend.describe()}, frames {indices.start}..{indices.stop - 1} of {dataset.root}, "
+                  f"batch {args.batch}, workers {args.workers} -> {sink.directory} ({args.format})", file=sys.stderr)
         t0 = time.perf_counter()
         report, close = decode_progress(len(indices), "load", show)
         try:

@@ -178,11 +178,44 @@ class FrameCache:
     crops: np.ndarray  # (n, 328, 328, 3) uint8
 
 
+class ChunkDecoder:
+    """Decodes consecutive frames of both videos, chunk after chunk, into
+    caller-provided arrays; the two videos are decoded in parallel (OpenCV
+    releases the GIL while decoding)."""
+
+    def __init__(self, dataset: Dataset, indices: range):
+        self.readers = (FrameReader(dataset.full, indices.start), FrameReader(dataset.crops, indices.start))
+
+    def read_into(self, full: np.ndarray, crops: np.ndarray):
+        errors: list[BaseException] = []
+
+        def decode(reader: FrameReader, into: np.ndarray):
+            try:
+                for frame in into:
+                    reader.read(frame)
+            except BaseException as exc:  # re-raised in the caller's thread
+                errors.append(exc)
+
+        crops_thread = threading.Thread(target=decode, args=(self.readers[1], crops), daemon=True)
+        crops_thread.start()
+        decode(self.readers[0], full)
+        crops_thread.join()
+        if errors:
+            raise errors[0]
+
+    def close(self):
+        for reader in self.readers:
+            reader.close()
+
+
+PRELOAD_CHUNK = 16  # frames per decode step, so the progress bar moves
+
+
 def preload(dataset: Dataset, indices: range, progress=None) -> FrameCache:
-    """Decode the frames of `indices` once into RAM, both videos in parallel.
+    """Decode the frames of `indices` once into RAM.
 
     Refuses, before allocating, when the frames would not fit in the memory the
-    system has available. `progress(n)` is called as full frames are decoded.
+    system has available. `progress(n)` is called as frames are decoded.
     """
     need = len(indices) * dataset.frame_bytes()
     available = available_memory()
@@ -192,25 +225,15 @@ def preload(dataset: Dataset, indices: range, progress=None) -> FrameCache:
             f"{format_bytes(available)} is available; render a part with --start/--frames")
     full = np.empty((len(indices), dataset.height, dataset.width, 3), np.uint8)
     crops = np.empty((len(indices), CROP_SIZE, CROP_SIZE, 3), np.uint8)
-    errors: list[BaseException] = []
-
-    def decode(info: VideoInfo, into: np.ndarray, report):
-        try:
-            with FrameReader(info, indices.start) as reader:
-                for p in range(len(indices)):
-                    reader.read(into[p])
-                    if report:
-                        report(p + 1)
-        except BaseException as exc:  # re-raised in the caller's thread
-            errors.append(exc)
-
-    # OpenCV decodes without the GIL, so two threads decode two videos at once.
-    crops_thread = threading.Thread(target=decode, args=(dataset.crops, crops, None), daemon=True)
-    crops_thread.start()
-    decode(dataset.full, full, progress)
-    crops_thread.join()
-    if errors:
-        raise errors[0]
+    decoder = ChunkDecoder(dataset, indices)
+    try:
+        for first in range(0, len(indices), PRELOAD_CHUNK):
+            last = min(first + PRELOAD_CHUNK, len(indices))
+            decoder.read_into(full[first:last], crops[first:last])
+            if progress:
+                progress(last)
+    finally:
+        decoder.close()
     return FrameCache(indices, full, crops)
 
 

@@ -62,3 +62,21 @@ def random_prediction(rng: np.random.Generator, batch: int | None = None) -> np.
     pred = rng.uniform(-0.1, 1.1, size=shape).astype(np.float32)
     pred.reshape(-1)[:: 9973] = np.nan
     return pred
+
+
+def _cuda_param():
+    from gpucomp.backends import cuda_unavailable_reason
+
+    reason = cuda_unavailable_reason()
+    marks = [pytest.mark.gpu]
+    if reason is not None:
+        marks.append(pytest.mark.skip(reason=f"no usable CUDA device: {reason}"))
+    return pytest.param("cuda", marks=marks)
+
+
+@pytest.fixture(params=["sim", _cuda_param()])
+def device(request):
+    """The GPU engine's device: its host simulation everywhere, CUDA where present."""
+    from gpucomp.backends.devices import CudaDevice, SimDevice
+
+    return SimDevice() if request.param == "sim" else CudaDevice()

@@ -21,6 +21,10 @@ class RenderSettings:
     batch: int = 4
     workers: int = 4
     feather: int = 0
+    # GPU engine only: ONNX Runtime's cuDNN convolution algorithm search, and
+    # whether it replays each batch shape as a captured CUDA graph.
+    cudnn_algo: str = "EXHAUSTIVE"
+    cuda_graph: bool = False
 
 
 class PendingBatch(ABC):

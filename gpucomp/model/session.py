@@ -107,6 +107,14 @@ class ModelSession:
             raise ModelError(f"{self.path}: output has shape {list(pred.shape)}, expected {list(expected)}")
         return pred.astype(np.float32, copy=False)
 
+    def run_bound(self, binding, run_options=None):
+        """Run with inputs and output bound to preallocated buffers (IOBinding)."""
+        with self._lock:
+            try:
+                self.session.run_with_iobinding(binding, run_options)
+            except Exception as exc:
+                raise ModelError(f"{self.path}: inference failed ({str(exc).strip()[:200]})") from None
+
     def warm_up(self, batch: int):
         if batch in self._warm:
             return

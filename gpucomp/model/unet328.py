@@ -256,7 +256,29 @@ def build_unet328(width_mult: float = 1.0, seed: int = 0) -> onnx.ModelProto:
     return model
 
 
+def build_echo_model() -> onnx.ModelProto:
+    """A model of the UNet-328 contract whose output is its input's roi
+    channels (u8/255, so the composite writes back about the roi). A Slice does
+    no arithmetic, so every device computes it to the bit: end-to-end
+    comparisons between backends then test everything but the model."""
+    consts = [numpy_helper.from_array(np.array(v, np.int64), n)
+              for n, v in (("starts", [0]), ("ends", [3]), ("axes", [1]))]
+    graph = helper.make_graph(
+        [helper.make_node("Slice", ["input", "starts", "ends", "axes"], ["output"], name="roi_channels")],
+        "echo",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", *VISUAL_SHAPE]),
+         helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", *AUDIO_SHAPE])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", *PRED_SHAPE])],
+        initializer=consts,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="gpucomp")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
 def parameter_count(model: onnx.ModelProto) -> int:
-    """Number of weights stored in the graph (BatchNorm already folded)."""
+    """Number of weights stored in the graph (BatchNorm already folded); the
+    Resize scales and other integer constants are not weights."""
     return int(sum(np.prod(t.dims, dtype=np.int64) for t in model.graph.initializer
-                   if not t.name.startswith("up_scales")))
+                   if t.data_type == TensorProto.FLOAT and not t.name.startswith("up_scales")))

@@ -1,0 +1,318 @@
+"""Where the GPU engine runs: a CUDA device, or its simulation on the host.
+
+Both expose the same small surface, so the engine (backends/gpu.py) is one
+class. Work is stream-ordered on the CUDA device: the input kernels, ONNX
+Runtime (given the same stream as `user_compute_stream`) and the composite
+kernel share the compute stream; device-to-host copies run on a second stream
+after an event, so copying batch k overlaps computing batch k+1. The
+simulation does the same steps synchronously with NumPy buffers, ONNX Runtime
+on the CPU and the host build of the same kernels.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from ..contract import AUDIO_WINDOW, FEATURE_DIM, ROI_SIZE
+from ..errors import BackendUnavailable, ResourceError
+from ..resources import available_memory, format_bytes
+
+THREADS = 256  # threads per block for every kernel
+
+
+def _blocks(n: int) -> int:
+    return (n + THREADS - 1) // THREADS
+
+
+class Device(ABC):
+    name: str
+    ort_device_type: str
+    device_id: int = 0
+
+    @abstractmethod
+    def describe(self) -> str: ...
+
+    @abstractmethod
+    def providers(self, cudnn_algo: str, cuda_graph: bool) -> list: ...
+
+    def run_options(self, graph_id: int | None = None):
+        import onnxruntime as ort
+
+        return ort.RunOptions()
+
+    @abstractmethod
+    def free_memory(self) -> int: ...
+
+    def check_memory(self, need: int, what: str):
+        free = self.free_memory()
+        if need > free:
+            raise ResourceError(f"{what} needs {format_bytes(need)} of {self.memory_kind} but only "
+                                f"{format_bytes(free)} is free; render a part with --start/--frames")
+
+    memory_kind = "memory"
+
+    @abstractmethod
+    def empty(self, shape, dtype): ...
+
+    @abstractmethod
+    def to_device(self, host: np.ndarray): ...
+
+    @abstractmethod
+    def host_buffer(self, shape, dtype) -> np.ndarray: ...
+
+    @abstractmethod
+    def to_host(self, array) -> np.ndarray:
+        """A host copy of a device array, synchronously (checks and tools, not the hot path)."""
+
+    @abstractmethod
+    def pointer(self, array) -> int: ...
+
+    @abstractmethod
+    def staging(self, dest, name: str) -> np.ndarray:
+        """A host array to decode frames into, destined for device array `dest`;
+        one reusable buffer per `name`."""
+
+    @abstractmethod
+    def commit(self, dest, staged: np.ndarray):
+        """Copy decoded frames from `staged` into `dest` (complete on return)."""
+
+    @abstractmethod
+    def prepare_inputs(self, crops, visual, audio, features, first: int, slots: int, batch: int,
+                       first_index: int): ...
+
+    @abstractmethod
+    def composite(self, full, crops, pred, frames, taps, out, first: int, slots: int, batch: int,
+                  width: int, feather: int): ...
+
+    @abstractmethod
+    def mark(self):
+        """A point in the compute stream's work, for timing."""
+
+    @abstractmethod
+    def seconds_between(self, start, end) -> float:
+        """Time between two marks; waits until `end` has been reached."""
+
+    @abstractmethod
+    def copy_to_host(self, src, dst: np.ndarray):
+        """Start copying finished frames to host buffer `dst`; returns a handle
+        whose wait() returns once `dst` holds them."""
+
+    def synchronize(self):
+        """Wait for all queued work."""
+
+    def release(self):
+        """Free cached device memory."""
+
+
+class _Done:
+    def wait(self):
+        pass
+
+
+class SimDevice(Device):
+    """The engine on the host: NumPy arrays, ONNX Runtime on the CPU, and the
+    kernels' per-element code compiled for the host. Every step completes
+    before the call returns."""
+
+    name = "gpu-sim"
+    ort_device_type = "cpu"
+    memory_kind = "RAM (gpu-sim keeps its 'VRAM' cache in host memory)"
+
+    def __init__(self):
+        from ..kernel_build import host_kernels
+
+        self.lib = host_kernels()
+
+    def describe(self) -> str:
+        return "gpu-sim (host build of the kernels, ONNX Runtime CPU)"
+
+    def providers(self, cudnn_algo, cuda_graph):
+        return ["CPUExecutionProvider"]
+
+    def free_memory(self) -> int:
+        return int(0.8 * available_memory())
+
+    def empty(self, shape, dtype):
+        return np.empty(shape, dtype)
+
+    def to_device(self, host):
+        return np.array(host, copy=True, order="C")
+
+    def host_buffer(self, shape, dtype):
+        return np.empty(shape, dtype)
+
+    def to_host(self, array):
+        return np.array(array, copy=True)
+
+    def pointer(self, array) -> int:
+        return array.ctypes.data
+
+    def staging(self, dest, name):
+        return dest  # 'device' memory is host memory: decode straight into it
+
+    def commit(self, dest, staged):
+        if staged is not dest:
+            np.copyto(dest, staged)
+
+    def prepare_inputs(self, crops, visual, audio, features, first, slots, batch, first_index):
+        self.lib.gc_host_prepare_visual(crops, visual, first, slots, batch)
+        self.lib.gc_host_prepare_audio(features, features.shape[0], audio, first_index, batch)
+
+    def composite(self, full, crops, pred, frames, taps, out, first, slots, batch, width, feather):
+        frame_bytes = full.shape[1] * full.shape[2] * 3
+        self.lib.gc_host_composite(full, crops, pred, frames, taps, out, first, slots, batch, width, feather,
+                                   frame_bytes)
+
+    def mark(self):
+        return time.perf_counter()
+
+    def seconds_between(self, start, end) -> float:
+        return end - start
+
+    def copy_to_host(self, src, dst):
+        np.copyto(dst, src)
+        return _Done()
+
+
+class _CudaCopy:
+    def __init__(self, event):
+        self.event = event
+
+    def wait(self):
+        self.event.synchronize()
+
+
+class CudaDevice(Device):
+    """One CUDA device through CuPy, sharing its compute stream with ONNX Runtime."""
+
+    name = "gpu"
+    ort_device_type = "cuda"
+    memory_kind = "GPU memory"
+
+    def __init__(self, device_id: int = 0):
+        import cupy
+
+        from ..kernel_build import cuda_kernels
+
+        self.cp = cupy
+        self.device_id = device_id
+        self._device = cupy.cuda.Device(device_id)
+        self._device.use()
+        self.compute = cupy.cuda.Stream(non_blocking=True)
+        self.copier = cupy.cuda.Stream(non_blocking=True)
+        try:
+            self.kernels = cuda_kernels(device_id)
+        except cupy.cuda.compiler.CompileException as exc:
+            raise BackendUnavailable(f"compiling the CUDA kernels failed: {str(exc).splitlines()[0]}") from None
+        props = cupy.cuda.runtime.getDeviceProperties(device_id)
+        name = props["name"]
+        self.device_name = name.decode() if isinstance(name, bytes) else str(name)
+        self._staging: dict[str, np.ndarray] = {}
+
+    def describe(self) -> str:
+        return f"gpu ({self.device_name}, device {self.device_id})"
+
+    def providers(self, cudnn_algo, cuda_graph):
+        import onnxruntime as ort
+
+        if hasattr(ort, "preload_dlls"):  # CUDA/cuDNN from the nvidia-* wheels, when installed that way
+            try:
+                ort.preload_dlls()
+            except Exception:  # the libraries may come from the system instead
+                pass
+        options = {
+            "device_id": str(self.device_id),
+            "user_compute_stream": str(self.compute.ptr),
+            "cudnn_conv_algo_search": cudnn_algo,
+            "enable_cuda_graph": "1" if cuda_graph else "0",
+        }
+        return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
+
+    def run_options(self, graph_id: int | None = None):
+        options = super().run_options()
+        # Return as soon as the work is queued: the composite kernel follows on
+        # the same stream, and the host waits only for finished frames.
+        options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        if graph_id is not None:
+            options.add_run_config_entry("gpu_graph_id", str(graph_id))
+        return options
+
+    def free_memory(self) -> int:
+        return int(self.cp.cuda.runtime.memGetInfo()[0])
+
+    def empty(self, shape, dtype):
+        with self._device:
+            return self.cp.empty(shape, dtype)
+
+    def to_device(self, host):
+        array = self.empty(host.shape, host.dtype)
+        array.set(np.ascontiguousarray(host), stream=self.compute)
+        self.compute.synchronize()
+        return array
+
+    def host_buffer(self, shape, dtype):
+        count = int(np.prod(shape))
+        memory = self.cp.cuda.alloc_pinned_memory(count * np.dtype(dtype).itemsize)
+        return np.frombuffer(memory, dtype, count).reshape(shape)  # the array keeps `memory` alive
+
+    def to_host(self, array):
+        self.compute.synchronize()
+        return array.get()
+
+    def pointer(self, array) -> int:
+        return int(array.data.ptr)
+
+    def staging(self, dest, name):
+        buffer = self._staging.get(name)
+        if buffer is None or buffer.nbytes < dest.nbytes:
+            buffer = self._staging[name] = self.host_buffer((dest.nbytes,), np.uint8)
+        return buffer[: dest.nbytes].view(dest.dtype).reshape(dest.shape)
+
+    def commit(self, dest, staged):
+        dest.set(staged, stream=self.compute)
+        self.compute.synchronize()  # the staging buffer is reused for the next chunk
+
+    def prepare_inputs(self, crops, visual, audio, features, first, slots, batch, first_index):
+        i32 = np.int32
+        with self.compute:
+            self.kernels["gc_prepare_visual"]((_blocks(ROI_SIZE * ROI_SIZE), batch), (THREADS,),
+                                              (crops, visual, i32(first), i32(slots)))
+            self.kernels["gc_prepare_audio"]((_blocks(AUDIO_WINDOW * FEATURE_DIM), batch), (THREADS,),
+                                             (features, i32(features.shape[0]), audio, i32(first_index)))
+
+    def composite(self, full, crops, pred, frames, taps, out, first, slots, batch, width, feather):
+        frame_bytes = full.shape[1] * full.shape[2] * 3
+        name = "gc_composite_vec16" if frame_bytes % 16 == 0 else "gc_composite_bytes"
+        i32 = np.int32
+        with self.compute:
+            self.kernels[name]((_blocks((frame_bytes + 15) // 16), batch), (THREADS,),
+                               (full, crops, pred, frames, taps, out, i32(first), i32(slots), i32(width),
+                                i32(feather), np.int64(frame_bytes)))
+
+    def mark(self):
+        event = self.cp.cuda.Event()
+        event.record(self.compute)
+        return event
+
+    def seconds_between(self, start, end) -> float:
+        end.synchronize()
+        return self.cp.cuda.get_elapsed_time(start, end) / 1000.0
+
+    def copy_to_host(self, src, dst):
+        ready = self.mark()
+        self.copier.wait_event(ready)
+        src.get(stream=self.copier, out=dst, blocking=False)
+        done = self.cp.cuda.Event(disable_timing=True)
+        done.record(self.copier)
+        return _CudaCopy(done)
+
+    def synchronize(self):
+        self.compute.synchronize()
+        self.copier.synchronize()
+
+    def release(self):
+        self.synchronize()
+        self.cp.get_default_memory_pool().free_all_blocks()

@@ -1,0 +1,51 @@
+/* Shared definitions for the gpucomp kernels, valid C11 and CUDA C++.
+ *
+ * Every per-element function is written once, marked GC_HD, and compiled both
+ * for the device (NVRTC through cupy.RawModule, or nvcc) and for the host (the
+ * gpu-sim backend's shared library). Only builtin types are used: NVRTC has no
+ * standard headers.
+ */
+#ifndef GPUCOMP_COMMON_CUH
+#define GPUCOMP_COMMON_CUH
+
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#define GC_HD __host__ __device__ __forceinline__
+#define GC_ON_DEVICE 1
+#else
+#include <math.h>
+#include <string.h>
+#define GC_HD static inline
+#endif
+
+typedef unsigned char gc_u8;
+typedef long long gc_i64;
+
+/* Geometry of PIPELINE.md (mirrors gpucomp/contract.py). */
+#define GC_CROP 328
+#define GC_ROI 320
+#define GC_ROI_OFFSET 4
+#define GC_MASK_X0 5   /* masked: x in [5, 314], y in [5, 309], inclusive */
+#define GC_MASK_X1 314
+#define GC_MASK_Y0 5
+#define GC_MASK_Y1 309
+#define GC_FEATURE_DIM 512
+#define GC_AUDIO_WINDOW 16
+#define GC_AUDIO_LEAD 8
+#define GC_ALPHA_ONE 256
+
+/* Where one frame's face goes (gpucomp.contract.Placement), plus the offsets
+ * of its bilinear tables in the shared tap buffer. 12 ints, one per frame. */
+typedef struct {
+    int x1, y1, x2, y2;     /* rectangle, exclusive ends; the face is resized to it */
+    int vx1, vy1, vx2, vy2; /* the part inside the frame; empty when vx2 <= vx1 */
+    int xtab, ytab;         /* first tap of the x and y tables for this size */
+    int reserved0, reserved1;
+} gc_frame;
+
+/* One destination index of a cv2-exact bilinear table
+ * (gpucomp.contract.axis_table): two source indices and their weights /2048. */
+typedef struct {
+    int s0, s1, c0, c1;
+} gc_tap;
+
+#endif

@@ -1,0 +1,137 @@
+/* Per-byte arithmetic of the fused composite (PIPELINE.md, "Composite for frame i").
+ *
+ * An output byte is either the cached full-body byte or, inside the visible
+ * part of the rectangle, the cv2-exact bilinear sample of the 328 template,
+ * whose centre 320x320 comes from trunc(clamp(pred * 255)). Nothing is staged in
+ * an intermediate buffer: the template is read where it lies (prediction or
+ * crop) for each of the four taps.
+ */
+#ifndef GPUCOMP_COMPOSITE_CUH
+#define GPUCOMP_COMPOSITE_CUH
+
+#include "common.cuh"
+
+typedef struct {
+    const gc_u8 *full;      /* [slots, height, width, 3] cached full-body frames */
+    const gc_u8 *crops;     /* [slots, 328, 328, 3] cached crops */
+    const float *pred;      /* [batch, 3, 320, 320] predictions of this batch */
+    const gc_frame *frames; /* per cache position */
+    const gc_tap *taps;     /* all bilinear tables */
+    int first;              /* cache position of the batch's frame 0 */
+    int slots;              /* frames the cache holds; position p lives in slot p % slots */
+    int width;
+    int feather;            /* 0: the exact contract */
+    gc_i64 frame_bytes;     /* height * width * 3, below 2^31 */
+} gc_composite_args;
+
+/* uint8(trunc(clamp(p * 255))) with a float32 product; NaN -> 0 (fmaxf drops NaN). */
+GC_HD int gc_pred_to_u8(float p)
+{
+    float v = p * 255.0f;
+    v = fminf(fmaxf(v, 0.0f), 255.0f);
+    return (int)v;
+}
+
+/* Template pixel (r, c), channel ch: the prediction inside [4, 324), the crop outside. */
+GC_HD int gc_template(const float *pred, const gc_u8 *crop, int r, int c, int ch)
+{
+    int pr = r - GC_ROI_OFFSET, pc = c - GC_ROI_OFFSET;
+    if ((unsigned)pr < (unsigned)GC_ROI && (unsigned)pc < (unsigned)GC_ROI)
+        return gc_pred_to_u8(pred[(ch * GC_ROI + pr) * GC_ROI + pc]);
+    return crop[(r * GC_CROP + c) * 3 + ch];
+}
+
+/* cv2.resize INTER_LINEAR on uint8, exactly: horizontal pass in int32, then
+ * the vertical pass with OpenCV's >>4, >>16, +2, >>2 rounding. */
+GC_HD int gc_bilinear(const float *pred, const gc_u8 *crop, gc_tap xt, gc_tap yt, int ch)
+{
+    int h0 = gc_template(pred, crop, yt.s0, xt.s0, ch) * xt.c0 + gc_template(pred, crop, yt.s0, xt.s1, ch) * xt.c1;
+    int h1 = gc_template(pred, crop, yt.s1, xt.s0, ch) * xt.c0 + gc_template(pred, crop, yt.s1, xt.s1, ch) * xt.c1;
+    int v = (((yt.c0 * (h0 >> 4)) >> 16) + ((yt.c1 * (h1 >> 4)) >> 16) + 2) >> 2;
+    return v < 0 ? 0 : (v > 255 ? 255 : v);
+}
+
+/* Feather weight /256 of face pixel (dx, dy): a ramp over `feather` pixels
+ * inside the rectangle edge (gpucomp.contract.feather_alpha). */
+GC_HD int gc_feather_alpha(const gc_frame *f, int dx, int dy, int feather)
+{
+    int w = f->x2 - f->x1, h = f->y2 - f->y1;
+    int d = dx < w - 1 - dx ? dx : w - 1 - dx;
+    int e = dy < h - 1 - dy ? dy : h - 1 - dy;
+    d = d < e ? d : e;
+    return d >= feather ? GC_ALPHA_ONE : (d + 1) * GC_ALPHA_ONE / (feather + 1);
+}
+
+/* The cache slots and buffers of batch frame b. */
+typedef struct {
+    const gc_frame *f;
+    const gc_u8 *full;  /* this frame's cached full-body bytes */
+    const gc_u8 *crop;
+    const float *pred;
+} gc_frame_view;
+
+GC_HD gc_frame_view gc_view(const gc_composite_args *a, int b)
+{
+    gc_frame_view v;
+    int position = a->first + b;
+    gc_i64 slot = position % a->slots;
+    v.f = &a->frames[position];
+    v.full = a->full + slot * a->frame_bytes;
+    v.crop = a->crops + slot * (GC_CROP * GC_CROP * 3);
+    v.pred = a->pred + (gc_i64)b * 3 * GC_ROI * GC_ROI;
+    return v;
+}
+
+/* 1 when bytes [off, off + n) of the frame lie wholly outside the visible
+ * face, so the cached bytes are the output. Conservative: a span over two
+ * rows is decided byte by byte. */
+GC_HD int gc_span_outside(const gc_frame *f, int off, int n, int width)
+{
+    int p0 = off / 3, p1 = (off + n - 1) / 3;
+    int y0 = p0 / width, y1 = p1 / width;
+    if (y1 < f->vy1 || y0 >= f->vy2)
+        return 1;
+    if (y0 != y1)
+        return 0;
+    int x0 = p0 - y0 * width, x1 = p1 - y0 * width;
+    return x1 < f->vx1 || x0 >= f->vx2;
+}
+
+/* Output byte at pixel (x, y), channel ch, given the cached byte `orig`. */
+GC_HD gc_u8 gc_output_byte(const gc_composite_args *a, gc_frame_view v, int x, int y, int ch, gc_u8 orig)
+{
+    const gc_frame *f = v.f;
+    if (x < f->vx1 || x >= f->vx2 || y < f->vy1 || y >= f->vy2)
+        return orig;
+    int dx = x - f->x1, dy = y - f->y1;
+    int out = gc_bilinear(v.pred, v.crop, a->taps[f->xtab + dx], a->taps[f->ytab + dy], ch);
+    if (a->feather > 0) {
+        int alpha = gc_feather_alpha(f, dx, dy, a->feather);
+        out = (out * alpha + orig * (GC_ALPHA_ONE - alpha) + 128) >> 8;
+    }
+    return (gc_u8)out;
+}
+
+/* Composite bytes [off, off + n) of one frame in place: `bytes` holds the
+ * cached full-body bytes on entry and the output on return. */
+GC_HD void gc_composite_span(const gc_composite_args *a, gc_frame_view v, int off, int n, gc_u8 *bytes)
+{
+    if (gc_span_outside(v.f, off, n, a->width))
+        return;
+    int p = off / 3;
+    int ch = off - p * 3;
+    int y = p / a->width;
+    int x = p - y * a->width;
+    for (int i = 0; i < n; ++i) {
+        bytes[i] = gc_output_byte(a, v, x, y, ch, bytes[i]);
+        if (++ch == 3) {
+            ch = 0;
+            if (++x == a->width) {
+                x = 0;
+                ++y;
+            }
+        }
+    }
+}
+
+#endif

@@ -1,0 +1,38 @@
+/* Host build of the kernels for the gpu-sim backend: the same per-element
+ * functions as the CUDA wrappers, driven by plain loops in the same spans.
+ * Compiled by gpucomp/kernel_build.py with the system C compiler. */
+#include "composite.cuh"
+#include "prepare.cuh"
+
+void gc_host_composite(const gc_u8 *full, const gc_u8 *crops, const float *pred, const gc_frame *frames,
+                       const gc_tap *taps, gc_u8 *out, int first, int slots, int batch, int width,
+                       int feather, long long frame_bytes)
+{
+    gc_composite_args a = {full, crops, pred, frames, taps, first, slots, width, feather, frame_bytes};
+    for (int b = 0; b < batch; ++b) {
+        gc_frame_view v = gc_view(&a, b);
+        gc_u8 *dst = out + (gc_i64)b * frame_bytes;
+        memcpy(dst, v.full, (size_t)frame_bytes);
+        for (int off = 0; off < frame_bytes; off += 16) {
+            int n = frame_bytes - off < 16 ? (int)(frame_bytes - off) : 16;
+            gc_composite_span(&a, v, off, n, dst + off);
+        }
+    }
+}
+
+void gc_host_prepare_visual(const gc_u8 *crops, float *visual, int first, int slots, int batch)
+{
+    for (int b = 0; b < batch; ++b) {
+        gc_i64 slot = (first + b) % slots;
+        for (int i = 0; i < GC_ROI * GC_ROI; ++i)
+            gc_visual_pixel(crops + slot * (GC_CROP * GC_CROP * 3), visual + (gc_i64)b * 6 * GC_ROI * GC_ROI,
+                            i / GC_ROI, i % GC_ROI);
+    }
+}
+
+void gc_host_prepare_audio(const float *features, int rows, float *audio, int first_index, int batch)
+{
+    for (int b = 0; b < batch; ++b)
+        for (int e = 0; e < GC_AUDIO_WINDOW * GC_FEATURE_DIM; ++e)
+            audio[(gc_i64)b * GC_AUDIO_WINDOW * GC_FEATURE_DIM + e] = gc_audio_value(features, rows, first_index + b, e);
+}
