@@ -51,21 +51,34 @@ def demo_dataset(frames: int = 100, seed: int = 0, quiet: bool = False) -> Path:
     return final
 
 
-def demo_model(width_mult: float = 1.0, seed: int = 0, quiet: bool = False) -> Path:
-    """Path of a cached UNet-328 ONNX model, built if missing."""
+def _cached_model(name: str, build, message: str, quiet: bool) -> Path:
     import onnx
 
-    from .model import build_unet328
-
-    final = cache_dir() / "models" / f"unet328-w{width_mult:g}-seed{seed}-v{MODEL_VERSION}.onnx"
+    final = cache_dir() / "models" / name
     if final.is_file():
         return final
-    _say(f"building UNet-328 (width {width_mult:g}) in {final} ...", quiet)
+    _say(message.format(final), quiet)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
     try:
-        onnx.save(build_unet328(width_mult, seed), str(tmp))
+        onnx.save(build(), str(tmp))
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
     return final
+
+
+def demo_model(width_mult: float = 1.0, seed: int = 0, quiet: bool = False) -> Path:
+    """Path of a cached UNet-328 ONNX model, built if missing."""
+    from .model import build_unet328
+
+    return _cached_model(f"unet328-w{width_mult:g}-seed{seed}-v{MODEL_VERSION}.onnx",
+                         lambda: build_unet328(width_mult, seed),
+                         f"building UNet-328 (width {width_mult:g}) in {{}} ...", quiet)
+
+
+def echo_model_path(quiet: bool = True) -> Path:
+    """Path of the cached echo model (output = input roi, exact on every device)."""
+    from .model import build_echo_model
+
+    return _cached_model(f"echo-v{MODEL_VERSION}.onnx", build_echo_model, "building the echo model in {} ...", quiet)

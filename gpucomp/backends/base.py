@@ -62,6 +62,11 @@ class Backend(ABC):
     def submit(self, positions: range) -> PendingBatch:
         """Start inference and compositing for the frames at `positions`."""
 
+    @abstractmethod
+    def infer_only(self, positions: range):
+        """Model inputs and inference alone for these frames, completed on
+        return (the benchmark's inference-alone throughput)."""
+
     def close(self):
         """Free what the backend holds."""
 

@@ -62,13 +62,15 @@ class CpuBackend(Backend):
         for size in batch_sizes(len(indices), self.settings.batch):
             self.session.warm_up(size)
 
+    def infer_only(self, positions: range) -> np.ndarray:
+        indices = [self.cache.indices[p] for p in positions]
+        visual = visual_input(self.cache.crops[positions.start : positions.stop])
+        return self.session.run(visual, audio_input(self.dataset.features, indices))
+
     def submit(self, positions: range) -> PendingBatch:
-        cache = self.cache
-        indices = [cache.indices[p] for p in positions]
+        indices = [self.cache.indices[p] for p in positions]
         with Timer(self.stats, "inference", len(positions)):
-            visual = visual_input(cache.crops[positions.start : positions.stop])
-            audio = audio_input(self.dataset.features, indices)
-            pred = self.session.run(visual, audio)
+            pred = self.infer_only(positions)
         futures = [self._pool.submit(self._composite, p, pred[k]) for k, p in enumerate(positions)]
         return _CpuPending(indices, futures)
 

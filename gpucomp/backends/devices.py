@@ -88,6 +88,10 @@ class Device(ABC):
                   width: int, feather: int): ...
 
     @abstractmethod
+    def copy(self, dst, src):
+        """Device-to-device copy on the compute stream (the benchmark's bandwidth yardstick)."""
+
+    @abstractmethod
     def mark(self):
         """A point in the compute stream's work, for timing."""
 
@@ -165,6 +169,9 @@ class SimDevice(Device):
         frame_bytes = full.shape[1] * full.shape[2] * 3
         self.lib.gc_host_composite(full, crops, pred, frames, taps, out, first, slots, batch, width, feather,
                                    frame_bytes)
+
+    def copy(self, dst, src):
+        np.copyto(dst, src)
 
     def mark(self):
         return time.perf_counter()
@@ -291,6 +298,10 @@ class CudaDevice(Device):
             self.kernels[name]((_blocks((frame_bytes + 15) // 16), batch), (THREADS,),
                                (full, crops, pred, frames, taps, out, i32(first), i32(slots), i32(width),
                                 i32(feather), np.int64(frame_bytes)))
+
+    def copy(self, dst, src):
+        runtime = self.cp.cuda.runtime
+        runtime.memcpyAsync(dst.data.ptr, src.data.ptr, src.nbytes, runtime.memcpyDeviceToDevice, self.compute.ptr)
 
     def mark(self):
         event = self.cp.cuda.Event()

@@ -151,13 +151,22 @@ class GpuBackend(Backend):
 
     # -- per batch ----------------------------------------------------------
 
+    def _infer(self, positions: range):
+        """Queue the input kernels and the model for these frames."""
+        size, first = len(positions), positions.start
+        self.device.prepare_inputs(self.crops, self.visual, self.audio, self.features, first, self.slots, size,
+                                   self.indices[first])
+        self.session.run_bound(self.bindings[size], self.run_options[size])
+
+    def infer_only(self, positions: range):
+        self._infer(positions)
+        self.device.synchronize()
+
     def _launch(self, positions: range, timed: bool) -> _GpuPending:
         dev, size, first = self.device, len(positions), positions.start
         slot = self.free_slots.pop()
         start = dev.mark()
-        dev.prepare_inputs(self.crops, self.visual, self.audio, self.features, first, self.slots, size,
-                           self.indices[first])
-        self.session.run_bound(self.bindings[size], self.run_options[size])
+        self._infer(positions)
         inferred = dev.mark()
         dev.composite(self.full, self.crops, self.pred, self.frames, self.taps, self.out_ring[slot], first,
                       self.slots, size, self.dataset.width, self.settings.feather)

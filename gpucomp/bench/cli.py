@@ -1,0 +1,209 @@
+"""python -m gpucomp.bench: every backend on the same frames, side by side.
+
+With no arguments: the cached 100-frame demo dataset and the full-width
+UNet-328; backends seed, cpu and gpu (gpu-sim on request); 3 repeats; stage
+isolation; an exactness pass with the echo model; reports in
+benchmarks/results/<date>-<host>-<device>/. Without a GPU the gpu rows read
+`unavailable: <reason>` and the run still succeeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, _int_range, _Parser
+from ..dataset import Dataset, preload
+from ..errors import GpucompError
+from . import isolation, machine, reports
+from .runs import FrameReference, RunRecord, run_configuration, unavailable_reason
+
+KNOWN_BACKENDS = ("seed", "cpu", "gpu", "gpu-sim")
+DEFAULT_GRID = "1/4/8:1/2/4/8"
+
+
+def _backends(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in KNOWN_BACKENDS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown backend(s) {bad} (choose from {', '.join(KNOWN_BACKENDS)})")
+    return list(dict.fromkeys(names))
+
+
+def _grid(text: str) -> tuple[list[int], list[int]]:
+    try:
+        batches, workers = text.split(":")
+        parse = [int(v) for v in batches.split("/")], [int(v) for v in workers.split("/")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not BATCHES:WORKERS like {DEFAULT_GRID}") from None
+    if not all(1 <= v <= 256 for v in parse[0] + parse[1]):
+        raise argparse.ArgumentTypeError("grid values must be within 1..256")
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m gpucomp.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, help="dataset directory (default: the cached 100-frame demo dataset)")
+    p.add_argument("--model", type=Path, help="ONNX model (default: the cached full-width UNet-328)")
+    p.add_argument("--frames", type=_int_range(1, 10**6), help="frames per run (default: the whole dataset)")
+    p.add_argument("--batch", type=_int_range(1, 256), default=4)
+    p.add_argument("--workers", type=_int_range(1, 256), default=4)
+    p.add_argument("--backends", type=_backends, default=["seed", "cpu", "gpu"],
+                   help="comma-separated, from seed,cpu,gpu,gpu-sim (default seed,cpu,gpu)")
+    p.add_argument("--format", choices=("png", "jpg"), default="png")
+    p.add_argument("--repeat", type=_int_range(1, 100), default=3, help="timed repeats per configuration (default 3)")
+    p.add_argument("--grid", nargs="?", const=DEFAULT_GRID, type=_grid, default=None,
+                   help=f"also sweep batch x workers, BATCHES:WORKERS (default {DEFAULT_GRID})")
+    p.add_argument("--output", type=Path, help="results folder (default benchmarks/results/<date>-<host>-<device>)")
+    p.add_argument("--no-isolation", action="store_true", help="skip the stage-isolation measurements")
+    p.add_argument("--no-exactness", action="store_true", help="skip the echo-model exactness pass")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _say(message: str):
+    print(message, file=sys.stderr, flush=True)
+
+
+def run(args) -> dict:
+    from ..demo import demo_dataset, demo_model, echo_model_path
+    from ..telemetry import NvmlSampler, nvml_unavailable_reason
+
+    show = not args.quiet
+    data = args.data or demo_dataset(100, quiet=args.quiet)
+    model = args.model or demo_model(1.0, quiet=args.quiet)
+    dataset = Dataset.open(data)
+    indices = dataset.select(0, args.frames)
+    gpu_reason = unavailable_reason("gpu")
+    nvml_reason = nvml_unavailable_reason()
+    sampler = NvmlSampler().start() if nvml_reason is None else None
+    clock = sampler.now if sampler else (lambda t0=time.perf_counter(): time.perf_counter() - t0)
+    gpu_info = sampler.device_info() if sampler else None
+    info = machine.describe(gpu_info, gpu_reason)
+    stamp = datetime.now(timezone.utc)
+    device_slug = machine.slug(gpu_info["name"]) if gpu_info else "cpu-only"
+    out = args.output or Path("benchmarks/results") / f"{stamp:%Y-%m-%d}-{machine.slug(info['host'])}-{device_slug}"
+    out.mkdir(parents=True, exist_ok=True)
+
+    available = [b for b in args.backends if unavailable_reason(b) is None]
+    unavailable = {b: unavailable_reason(b) for b in args.backends if unavailable_reason(b) is not None}
+    for b, reason in unavailable.items():
+        _say(f"{b}: unavailable: {reason}")
+    records: list[RunRecord] = []
+    isolated: dict = {}
+    encode_only = None
+    with tempfile.TemporaryDirectory(prefix="gpucomp-bench-") as tmp:
+        work = Path(tmp)
+
+        def compare_all(model_path, label, repeats, keep_prefix):
+            reference = None
+            for b in available:
+                kept = work / f"{keep_prefix}-{b}"
+                if sampler:
+                    sampler.mark(f"{b} {label}")
+                runs = run_configuration(b, dataset, model_path, indices, batch=args.batch, workers=args.workers,
+                                         fmt=args.format, repeats=repeats, workdir=work, clock=clock, show=show,
+                                         model_label=label, keep_first=kept)
+                if reference is None:
+                    reference = FrameReference.load(kept)
+                else:
+                    runs[0].identical, runs[0].compared, runs[0].max_abs_diff = reference.compare(kept)
+                records.extend(runs)
+
+        compare_all(model, "unet328", args.repeat, "main")
+        if not args.no_isolation:
+            for b in [b for b in available if b != "seed"]:
+                _say(f"isolating stages: {b}")
+                isolated[b] = isolation.isolate(b, dataset, model, indices, batch=args.batch, workers=args.workers,
+                                                repeats=args.repeat, cores=os.cpu_count() or 1)
+            _say("isolating stages: encoding")
+            encode_only = isolation.encode_alone(preload(dataset, indices).full, args.format, args.workers,
+                                                 args.repeat, work)
+        if not args.no_exactness:
+            _say("exactness pass with the echo model")
+            compare_all(echo_model_path(), "echo", 1, "echo")
+        if args.grid:
+            batches, workers = args.grid
+            for b in [b for b in available if b != "seed"]:
+                for batch in batches:
+                    for w in workers:
+                        runs = run_configuration(b, dataset, model, indices, batch=batch, workers=w, fmt=args.format,
+                                                 repeats=args.repeat, workdir=work, clock=clock, show=show,
+                                                 model_label="unet328-grid")
+                        records.extend(runs)
+
+    nvml = {"available": sampler is not None, "reason": nvml_reason}
+    if sampler:
+        sampler.stop()
+        for r in records:
+            r.nvml = sampler.summary(r.start, r.end)
+        reports.write_nvml_series(out / "nvml_series.csv", sampler)
+        span = sampler.samples[-1][0] - sampler.samples[0][0] if len(sampler.samples) > 1 else 0
+        nvml.update({"samples": len(sampler.samples), "rate_hz": len(sampler.samples) / span if span else 0.0,
+                     "series_file": "nvml_series.csv", "marks": sampler.marks})
+
+    summary = reports.summarize(records)
+    for row in summary:
+        if row["model"] == "unet328-grid":
+            row["model"], row["grid"] = "unet328", True
+    report = {
+        "schema": reports.SCHEMA,
+        "created": stamp.isoformat(timespec="seconds"),
+        "command": ["python", "-m", "gpucomp.bench", *sys.argv[1:]],
+        "machine": info,
+        "config": {"data": str(data), "model": str(model), "frames": len(indices),
+                   "size": f"{dataset.width}x{dataset.height}", "batch": args.batch, "workers": args.workers,
+                   "format": args.format, "repeat": args.repeat, "backends": args.backends,
+                   "grid": args.grid and {"batches": args.grid[0], "workers": args.grid[1]}},
+        "unavailable": unavailable,
+        "runs": [r.to_json() for r in records],
+        "summary": summary,
+        "isolation": isolated,
+        "encode_only": encode_only,
+        "ratios": ratios(summary, isolated, encode_only),
+        "nvml": nvml,
+    }
+    report["plots"] = reports.plots(report, out, sampler)
+    reports.write_json(report, out / "bench.json")
+    (out / "summary.md").write_text(reports.markdown(report))
+    report["output"] = str(out)
+    return report
+
+
+def ratios(summary: list[dict], isolated: dict, encode_only: dict | None) -> dict:
+    """Speed-ups and distances to the limits, all from this run."""
+    main = {r["backend"]: r for r in summary if r["model"] == "unet328" and not r.get("grid")}
+    out = {}
+    seed = main.get("seed")
+    for b, row in main.items():
+        if seed and b != "seed":
+            out[f"{b} / seed end-to-end FPS"] = row["fps"]["median"] / seed["fps"]["median"]
+        iso = isolated.get(b)
+        encode = encode_only["fps"]["median"] if encode_only else None
+        if iso and encode:
+            slowest = min(iso["inference_only"]["fps"]["median"], encode)
+            out[f"{b} end-to-end / slowest stage alone"] = row["fps"]["median"] / slowest
+        comp = (iso or {}).get("composite_only", {})
+        if "ratio_to_copy" in comp:
+            out[f"{b} composite kernel / device copy bandwidth"] = comp["ratio_to_copy"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        report = run(args)
+    except GpucompError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(reports.markdown(report))
+    print(f"reports written to {report['output']}")
+    return 0
