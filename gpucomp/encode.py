@@ -1,8 +1,9 @@
 """Encoding finished frames on a pool of CPU worker threads.
 
-Image sequences: PNG (lossless, fpng: about 15x faster than OpenCV's fastest
-zlib level on 720p frames, see README) or JPEG (OpenCV / libjpeg-turbo), one
-file per frame named `frame_{index:05d}.png` by dataset frame index. Each file is
+Image sequences: PNG (lossless; gpucomp.png, ISA-L deflate, every step free of
+the GIL so the threads add up; see the encoder table in the README) or JPEG
+(OpenCV / libjpeg-turbo, also GIL-free), one file per frame named
+`frame_{index:05d}.png` by dataset frame index. Each file is
 written under a temporary name and renamed when complete, so a file with a final
 name is always whole, even after Ctrl-C or a crash.
 """
@@ -18,17 +19,12 @@ import cv2
 import numpy as np
 
 from .errors import OutputError
+from .png import encode_png
 from .telemetry import StageStats, Timer
 from .videoio import temporary_path
 
 IMAGE_FORMATS = ("png", "jpg")
 JPEG_QUALITY = 95
-
-
-def encode_png(bgr: np.ndarray) -> bytes:
-    import fpng  # py-fpng-nb; releases the GIL while it compresses
-
-    return fpng.from_ndarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))  # PNG stores RGB
 
 
 def encode_jpeg(bgr: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
