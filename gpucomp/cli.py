@@ -53,6 +53,8 @@ def add_render_options(p: argparse.ArgumentParser):
     """Options shared by `render` and `demo`."""
     from .backends import CHOICES
     from .encode import IMAGE_FORMATS
+    from .video_out import VIDEO_FORMATS
+    from .videoio import X264_PRESETS
 
     p.add_argument("--backend", choices=CHOICES, default="auto",
                    help="cpu, gpu, gpu-sim (the GPU engine simulated on the CPU) or auto (default: gpu if usable)")
@@ -61,7 +63,20 @@ def add_render_options(p: argparse.ArgumentParser):
                    help="compositing and encoding threads (default 4)")
     p.add_argument("--start", type=_int_range(0, 10**9), default=0, help="first dataset frame (default 0)")
     p.add_argument("--frames", type=_int_range(1, 10**9), default=None, help="number of frames (default: to the end)")
-    p.add_argument("--format", choices=IMAGE_FORMATS, default="png", help="output format (default png)")
+    p.add_argument("--format", choices=IMAGE_FORMATS + VIDEO_FORMATS, default="png",
+                   help="png/jpg: one file per frame in a directory; mp4: H.264 with the voice track; "
+                        "y4m/raw: a stream to a file or to stdout with --output - (default png)")
+    p.add_argument("--crf", type=_int_range(0, 51), default=18, help="mp4: quality, lower is better (default 18)")
+    p.add_argument("--preset", choices=X264_PRESETS, default="medium",
+                   help="mp4: encoder speed against quality, x264's names (default medium, x264's own; "
+                        "veryfast is about 2x faster and ~1 dB worse at the same --crf)")
+    p.add_argument("--encoder", choices=("auto", "libx264", "nvenc"), default="auto",
+                   help="mp4: h264_nvenc when the GPU has a video encoder, else libx264 (default auto)")
+    p.add_argument("--audio", type=Path, help="mp4: voice track (wav, or npy of float32 samples); "
+                                              "default: the dataset's own track when it has one")
+    p.add_argument("--audio-rate", type=_int_range(1000, 384000), default=None,
+                   help="mp4: sample rate of an --audio .npy (default 16000)")
+    p.add_argument("--no-audio", action="store_true", help="mp4: no voice track")
     p.add_argument("--feather", type=_int_range(0, 64), default=0,
                    help="blend the face edge over K pixels (default 0: the exact contract)")
     p.add_argument("--cudnn-algo", choices=("exhaustive", "heuristic", "default"), default="exhaustive",
@@ -80,11 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("render", help="composite model predictions into the full-body video")
     p.add_argument("--data", type=Path, required=True, help="dataset directory")
     p.add_argument("--model", type=Path, required=True, help="UNet-328 ONNX model")
-    p.add_argument("--output", type=Path, required=True, help="output directory")
+    p.add_argument("--output", required=True,
+                   help="a directory (png/jpg), a file (mp4, y4m, raw) or - for stdout (y4m, raw)")
     add_render_options(p)
 
     p = sub.add_parser("demo", help="render the built-in demo dataset with the built-in model (built once, cached)")
-    p.add_argument("--output", type=Path, default=Path("out/demo"), help="output directory (default out/demo)")
+    p.add_argument("--output", default=None, help="default out/demo (png/jpg) or out/demo.<format>")
     p.add_argument("--dataset-frames", type=_int_range(2, 100000), default=100,
                    help="frames in the demo dataset (default 100)")
     p.add_argument("--width-mult", type=_float_range(0, 4), default=1.0,
@@ -140,6 +156,8 @@ def _cmd_model(args) -> int:
 def _cmd_demo(args) -> int:
     from .demo import demo_dataset, demo_model
 
+    if args.output is None:
+        args.output = "out/demo" if args.format in ("png", "jpg") else f"out/demo.{args.format}"
     args.data = demo_dataset(args.dataset_frames, quiet=args.quiet)
     args.model = demo_model(args.width_mult, quiet=args.quiet)
     return _cmd_render(args)
@@ -148,11 +166,14 @@ def _cmd_demo(args) -> int:
 def _cmd_render(args) -> int:
     from .backends import RenderSettings, create, resolve
     from .dataset import Dataset
-    from .encode import ImageSequenceSink
+    from .encode import open_sink
     from .pipeline import render
     from .report import print_summary
     from .telemetry import Progress, StageStats, decode_progress
+    from .video_out import STDOUT
 
+    # With frames on stdout, everything else goes to stderr.
+    info = sys.stderr if str(args.output) == STDOUT else sys.stdout
     dataset = Dataset.open(args.data, clip_rects=args.clip_rects)
     indices = dataset.select(args.start, args.frames)
     name, notice = resolve(args.backend)
@@ -161,29 +182,37 @@ def _cmd_render(args) -> int:
     stats = StageStats()
     settings = RenderSettings(batch=args.batch, workers=args.workers, feather=args.feather,
                               cudnn_algo=args.cudnn_algo.upper(), cuda_graph=args.cuda_graph)
-    sink = ImageSequenceSink(args.output, args.format, args.workers, stats)
     show = not args.quiet
     with create(name, dataset, args.model, settings, stats) as backend:
-        if show:
-            print(f"render: {backend.describe()}, frames {indices.start}..{indices.stop - 1} of {dataset.root}, "
-                  f"batch {args.batch}, workers {args.workers} -> {sink.directory} ({args.format})", file=sys.stderr)
-        t0 = time.perf_counter()
-        report, close = decode_progress(len(indices), "load", show)
+        sink = open_sink(args.format, args.output, dataset=dataset, indices=indices, workers=args.workers,
+                         stats=stats, crf=args.crf, preset=args.preset, encoder=args.encoder,
+                         audio_path=args.audio, audio_rate=args.audio_rate, audio=not args.no_audio,
+                         notify=lambda text: print(f"note: {text}", file=sys.stderr))
         try:
-            backend.prepare(indices, report)
-        finally:
-            close()
-        prepared = time.perf_counter() - t0
+            if show:
+                print(f"render: {backend.describe()}, frames {indices.start}..{indices.stop - 1} of {dataset.root}, "
+                      f"batch {args.batch}, workers {args.workers} -> {sink.label} ({args.format})", file=sys.stderr)
+            t0 = time.perf_counter()
+            report, close = decode_progress(len(indices), "load", show)
+            try:
+                backend.prepare(indices, report)
+            finally:
+                close()
+            prepared = time.perf_counter() - t0
+        except BaseException:
+            sink.abort()
+            raise
         progress = Progress(len(indices), stats, enabled=show)
         try:
             result = render(backend, len(indices), sink, batch=args.batch, progress=progress)
         except KeyboardInterrupt:
             progress.close()
-            print(f"interrupted: {sink.written} frames were written completely to {sink.directory}",
-                  file=sys.stderr)
+            unfinished_file = args.format not in ("png", "jpg") and str(args.output) != STDOUT
+            print(f"interrupted: {sink.written} frames were written completely to {sink.label}"
+                  + (" (the unfinished file was removed)" if unfinished_file else ""), file=sys.stderr)
             return EXIT_INTERRUPTED
         progress.close()
-    print_summary(result, backend_name=backend.describe(), prepare_seconds=prepared)
+    print_summary(result, backend_name=backend.describe(), prepare_seconds=prepared, stream=info)
     return 0
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 # Bump when the generator changes what it writes, so stale caches are not reused.
 SYNTH_VERSION = 1
-MODEL_VERSION = 1
+MODEL_VERSION = 2
 
 
 def cache_dir() -> Path:

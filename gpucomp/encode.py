@@ -79,6 +79,7 @@ class ImageSequenceSink:
         if fmt not in IMAGE_FORMATS:
             raise OutputError(f"unknown image format {fmt!r} (choose from {', '.join(IMAGE_FORMATS)})")
         self.directory = prepare_output_dir(directory)
+        self.label = str(self.directory)
         self.fmt = fmt
         self.stats = stats
         self.jpeg_quality = jpeg_quality
@@ -141,3 +142,34 @@ class ImageSequenceSink:
         for future in pending:
             future.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def open_sink(fmt: str, output, *, dataset, indices: range, workers: int, stats: StageStats, crf: int = 18,
+              preset: str = "medium", encoder: str = "auto", audio_path=None, audio_rate=None,
+              audio: bool = True, notify=None):
+    """The sink for --format: an image sequence directory, an MP4 file, or a
+    Y4M/raw stream to a file or stdout ('-'). `notify(text)` receives notices."""
+    from .video_out import STDOUT, Mp4Sink, StreamSink, choose_encoder
+
+    if fmt in IMAGE_FORMATS:
+        if str(output) == STDOUT:
+            raise OutputError(f"--format {fmt} writes one file per frame into a directory; stdout takes y4m or raw")
+        return ImageSequenceSink(output, fmt, workers, stats)
+    if fmt in ("y4m", "raw"):
+        return StreamSink(output, fmt, dataset.width, dataset.height, dataset.fps, stats)
+    if fmt != "mp4":
+        raise OutputError(f"unknown format {fmt!r}")
+    if str(output) == STDOUT:
+        raise OutputError("mp4 cannot be streamed to stdout (the index is written last); use y4m or raw")
+    track = None
+    if audio:
+        from .audio import load_audio
+
+        source = audio_path or dataset.audio_path
+        if source is not None:
+            track = load_audio(source, audio_rate).segment(indices.start / dataset.fps, len(indices) / dataset.fps)
+    name, notice = choose_encoder(encoder)
+    if notice and notify:
+        notify(notice)
+    return Mp4Sink(output, dataset.width, dataset.height, dataset.fps, stats, crf=crf, preset=preset, encoder=name,
+                   threads=0, audio=track)

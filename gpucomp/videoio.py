@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -93,39 +95,97 @@ def temporary_path(final: Path) -> Path:
     return final.with_name(f".{final.name}.{os.getpid()}.tmp")
 
 
-class H264Writer:
-    """H.264 in MP4 through PyAV, written under a temporary name and renamed
-    only by `close()`, so a file with the final name is always complete."""
+# x264 preset names mapped to NVENC's p1 (fastest) .. p7 (best).
+NVENC_PRESETS = {"ultrafast": "p1", "superfast": "p1", "veryfast": "p2", "faster": "p3", "fast": "p4",
+                 "medium": "p5", "slow": "p6", "slower": "p7", "veryslow": "p7"}
+X264_PRESETS = tuple(NVENC_PRESETS)
+# AVCOL_SPC/PRI/TRC_SMPTE170M and AVCOL_RANGE_MPEG: BT.601 limited range, the
+# matrix swscale converts BGR with. Without the tags players assume BT.709 for
+# HD sizes and shift the colours.
+BT601, LIMITED_RANGE = 6, 1
 
-    def __init__(self, path: Path, width: int, height: int, fps: float, *,
-                 crf: int = 18, preset: str = "medium", threads: int = 0):
+
+@lru_cache(maxsize=1)
+def nvenc_unavailable_reason() -> str | None:
+    """None when FFmpeg's h264_nvenc encoder opens on this machine, else why not."""
+    import av
+
+    try:
+        ctx = av.CodecContext.create("h264_nvenc", "w")
+        ctx.width, ctx.height, ctx.pix_fmt = 256, 256, "yuv420p"
+        ctx.time_base = Fraction(1, 25)
+        ctx.open()
+    except Exception as exc:  # not in this FFmpeg build, no driver, or a GPU without an encoder (H100, A100)
+        return str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+    return None
+
+
+class H264Writer:
+    """H.264 in MP4 through PyAV (libx264, or h264_nvenc), optionally with an
+    AAC voice track; written under a temporary name and renamed only by
+    `close()`, so a file with the final name is always complete."""
+
+    def __init__(self, path: Path, width: int, height: int, fps: float, *, crf: int = 18,
+                 preset: str = "medium", threads: int = 0, encoder: str = "libx264", audio=None):
         import av  # PyAV loads FFmpeg; only writers need it
 
         self.path = Path(path)
         self._tmp = temporary_path(self.path)
         self._container = av.open(str(self._tmp), mode="w", format="mp4")
-        self._stream = self._container.add_stream("libx264", rate=_fps_fraction(fps))
+        self._stream = self._container.add_stream(encoder, rate=_fps_fraction(fps))
         self._stream.width, self._stream.height = width, height
         self._stream.pix_fmt = "yuv420p"
-        self._stream.options = {"crf": str(crf), "preset": preset}
+        if encoder == "h264_nvenc":
+            self._stream.options = {"preset": NVENC_PRESETS.get(preset, "p4"), "rc": "vbr", "cq": str(crf)}
+        else:
+            self._stream.options = {"crf": str(crf), "preset": preset}
+        ctx = self._stream.codec_context
         # An explicit thread count keeps the output deterministic across machines.
-        self._stream.codec_context.thread_count = threads
+        ctx.thread_count = threads
+        ctx.colorspace = ctx.color_primaries = ctx.color_trc = BT601
+        ctx.color_range = LIMITED_RANGE
+        self._audio = audio
+        self._audio_stream = None
+        if audio is not None:
+            self._audio_stream = self._container.add_stream("aac", rate=audio.rate, layout="mono")
         self._frame_type = av.VideoFrame
+        self._av = av
 
     def write(self, bgr: np.ndarray):
         frame = self._frame_type.from_ndarray(np.ascontiguousarray(bgr), format="bgr24")
         for packet in self._stream.encode(frame):
             self._container.mux(packet)
 
+    def _mux_audio(self):
+        av, stream = self._av, self._audio_stream
+        samples = np.ascontiguousarray(self._audio.samples, dtype=np.float32)[None, :]
+        frame = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
+        frame.sample_rate = self._audio.rate
+        resampler = av.AudioResampler(format=stream.codec_context.format.name, layout="mono", rate=self._audio.rate)
+        fifo = av.AudioFifo()
+        for converted in resampler.resample(frame):
+            fifo.write(converted)
+        size = stream.codec_context.frame_size or 1024
+        while fifo.samples > 0:
+            chunk = fifo.read(min(size, fifo.samples))
+            for packet in stream.encode(chunk):
+                self._container.mux(packet)
+        for packet in stream.encode(None):
+            self._container.mux(packet)
+
     def close(self):
         for packet in self._stream.encode():
             self._container.mux(packet)
+        if self._audio_stream is not None:
+            self._mux_audio()
         self._container.close()
         os.replace(self._tmp, self.path)
 
     def abort(self):
         try:
             self._container.close()
+        except Exception:  # the container may be half-initialised; the file is deleted anyway
+            pass
         finally:
             self._tmp.unlink(missing_ok=True)
 
@@ -139,7 +199,5 @@ class H264Writer:
             self.abort()
 
 
-def _fps_fraction(fps: float):
-    from fractions import Fraction
-
+def _fps_fraction(fps: float) -> Fraction:
     return Fraction(fps).limit_denominator(1001)

@@ -1,0 +1,185 @@
+"""Video output: MP4 with the voice track, Y4M/raw streams, the NVENC fallback."""
+
+import os
+import signal
+import subprocess
+import sys
+import wave
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from gpucomp import cli
+from gpucomp.errors import OutputError
+from gpucomp.video_out import choose_encoder
+from gpucomp.videoio import nvenc_unavailable_reason
+
+from .conftest import run_cli
+
+
+def _render(data, model, output, *extra):
+    return cli.main(["render", "--data", str(data), "--model", str(model), "--output", str(output),
+                     "--backend", "cpu", "--quiet", *map(str, extra)])
+
+
+@pytest.fixture(scope="module")
+def png_frames(small_dataset, tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("png")
+    assert _render(small_dataset, tiny_model, out) == 0
+    return [cv2.imread(str(out / f"frame_{i:05d}.png")) for i in range(24)]
+
+
+def _decode_video(path):
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            return frames
+        frames.append(frame)
+
+
+def _psnr(a, b):
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 10 * np.log10(255.0**2 / mse) if mse else float("inf")
+
+
+def _audio_seconds(path):
+    with av.open(str(path)) as c:
+        if not c.streams.audio:
+            return None, None
+        stream = c.streams.audio[0]
+        samples = sum(f.samples for f in c.decode(stream))
+        return samples / stream.rate, stream.rate
+
+
+def test_mp4_frames_quality_and_audio(small_dataset, tiny_model, png_frames, tmp_path):
+    path = tmp_path / "out.mp4"
+    assert _render(small_dataset, tiny_model, path, "--format", "mp4", "--crf", "18") == 0
+    frames = _decode_video(path)
+    assert len(frames) == 24 and frames[0].shape == (720, 1280, 3)
+    psnr = np.mean([_psnr(a, b) for a, b in zip(frames, png_frames)])
+    assert psnr >= 38.0, f"mean PSNR {psnr:.2f} dB"
+    seconds, rate = _audio_seconds(path)  # the dataset's own audio_16k.npy
+    assert rate == 16000 and abs(seconds - 24 / 25) <= 1 / 25
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def _write_wav(path, seconds, rate=22050):
+    t = np.arange(int(seconds * rate)) / rate
+    pcm = (0.3 * np.sin(2 * np.pi * 220 * t) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+
+
+@pytest.mark.parametrize("audio_seconds", [0.3, 5.0])  # padded, trimmed
+def test_audio_file_is_fitted_to_the_video(small_dataset, tiny_model, tmp_path, audio_seconds):
+    wav = tmp_path / "voice.wav"
+    _write_wav(wav, audio_seconds)
+    path = tmp_path / "out.mp4"
+    assert _render(small_dataset, tiny_model, path, "--format", "mp4", "--frames", "10", "--start", "4",
+                   "--audio", wav) == 0
+    seconds, rate = _audio_seconds(path)
+    assert rate == 22050 and abs(seconds - 10 / 25) <= 1 / 25
+
+
+def test_npy_audio_rate_and_no_audio(small_dataset, tiny_model, tmp_path):
+    npy = tmp_path / "voice.npy"
+    np.save(npy, np.zeros(8000, np.float32))
+    path = tmp_path / "a.mp4"
+    assert _render(small_dataset, tiny_model, path, "--format", "mp4", "--frames", "5", "--audio", npy,
+                   "--audio-rate", "8000") == 0
+    assert _audio_seconds(path)[1] == 8000
+    silent = tmp_path / "b.mp4"
+    assert _render(small_dataset, tiny_model, silent, "--format", "mp4", "--frames", "5", "--no-audio") == 0
+    assert _audio_seconds(silent) == (None, None)
+
+
+def test_y4m_to_stdout_parses_frame_by_frame(small_dataset, tiny_model, png_frames):
+    r = subprocess.run([sys.executable, "-m", "gpucomp", "render", "--data", str(small_dataset), "--model",
+                        str(tiny_model), "--output", "-", "--format", "y4m", "--backend", "cpu", "--frames", "7"],
+                       capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr.decode()
+    data = r.stdout
+    header, _, rest = data.partition(b"\n")
+    assert header == b"YUV4MPEG2 W1280 H720 F25:1 Ip A1:1 C420jpeg"
+    size = 1280 * 720 * 3 // 2
+    for i in range(7):
+        assert rest[:6] == b"FRAME\n", f"frame {i}"
+        plane = np.frombuffer(rest[6 : 6 + size], np.uint8).reshape(720 * 3 // 2, 1280)
+        assert np.array_equal(plane, cv2.cvtColor(png_frames[i], cv2.COLOR_BGR2YUV_I420))
+        rest = rest[6 + size :]
+    assert rest == b""
+    assert b"overall FPS" in r.stderr  # the statistics go to stderr
+
+
+def test_raw_file_holds_the_exact_frames(small_dataset, tiny_model, png_frames, tmp_path):
+    path = tmp_path / "out.bgr"
+    assert _render(small_dataset, tiny_model, path, "--format", "raw", "--frames", "5") == 0
+    data = np.frombuffer(path.read_bytes(), np.uint8).reshape(5, 720, 1280, 3)
+    for i in range(5):
+        assert np.array_equal(data[i], png_frames[i])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--format", "mp4", "--output", "-"], "mp4 cannot be streamed to stdout"),
+    (["--format", "png", "--output", "-"], "stdout takes y4m or raw"),
+    (["--format", "mp4", "--audio", "/nonexistent.wav"], "audio file not found"),
+])
+def test_bad_video_options(small_dataset, tiny_model, tmp_path, capsys, args, message):
+    argv = ["render", "--data", str(small_dataset), "--model", str(tiny_model), "--backend", "cpu", "--quiet"]
+    if "--output" not in args:
+        argv += ["--output", str(tmp_path / "x.mp4")]
+    code = cli.main(argv + args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_mp4_into_a_directory_is_refused(small_dataset, tiny_model, tmp_path, capsys):
+    assert _render(small_dataset, tiny_model, tmp_path, "--format", "mp4") == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
+def test_nvenc_choice_and_fallback(monkeypatch):
+    import gpucomp.video_out as video_out
+
+    monkeypatch.setattr(video_out, "nvenc_unavailable_reason", lambda: "no NVENC device")
+    assert choose_encoder("auto") == ("libx264", "h264_nvenc is not usable here (no NVENC device); encoding with libx264")
+    with pytest.raises(OutputError, match="no NVENC device"):
+        choose_encoder("nvenc")
+    assert choose_encoder("libx264") == ("libx264", None)
+    monkeypatch.setattr(video_out, "nvenc_unavailable_reason", lambda: None)
+    assert choose_encoder("auto") == ("h264_nvenc", None)
+
+
+@pytest.mark.skipif(nvenc_unavailable_reason() is None, reason="this machine has a usable NVENC")
+def test_fallback_notice_on_this_machine(small_dataset, tiny_model, tmp_path):
+    r = run_cli("render", "--data", small_dataset, "--model", tiny_model, "--output", tmp_path / "o.mp4",
+                "--format", "mp4", "--frames", "3", "--backend", "cpu", "--quiet")
+    assert r.returncode == 0
+    notes = [line for line in r.stderr.splitlines() if "h264_nvenc" in line]
+    assert len(notes) == 1 and notes[0].startswith("note: h264_nvenc is not usable here (")
+    assert notes[0].endswith("; encoding with libx264")
+
+
+def test_interrupted_mp4_leaves_no_file(small_dataset, tiny_model, tmp_path):
+    path = tmp_path / "out.mp4"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "gpucomp", "render", "--data", str(small_dataset), "--model",
+                             str(tiny_model), "--output", str(path), "--format", "mp4", "--backend", "cpu",
+                             "--batch", "1", "--workers", "1"], stderr=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env=env)
+    for line in proc.stderr:  # the stage line after 20 frames: the file is half written
+        if "[    20]" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the render finished before the signal arrived")
+    assert proc.returncode == 130 and "the unfinished file was removed" in stderr
+    assert list(tmp_path.iterdir()) == []
