@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import platform
 import statistics
@@ -26,6 +25,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from gpucomp.bench.reports import write_result
 
 
 def _pillow(level):
@@ -108,8 +109,9 @@ def candidates():
 
 
 def load_frames(count: int) -> list[np.ndarray]:
+    from gpucomp.dataset import Dataset
     from gpucomp.demo import demo_dataset
-    from gpucomp.dataset import Dataset, preload
+    from gpucomp.framecache import preload
 
     ds = Dataset.open(demo_dataset(100))
     frames = list(preload(ds, ds.select(0, count)).full)
@@ -168,11 +170,7 @@ def main(argv=None):
           "| --- | ---: | ---: | ---: | ---: | ---: |"]
     md += [f"| {r['encoder']} | {r['ms_per_frame']:.1f} | {1000 / r['ms_per_frame']:.0f} | {r['fps_all_cores']:.0f} | "
            f"{r['fps_all_cores'] * r['ms_per_frame'] / 1000:.2f}x | {r['mean_kib']:.0f} |" for r in rows]
-    print("\n".join(md))
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "png_encoders.json").write_text(json.dumps(report, indent=2))
-        (args.out / "png_encoders.md").write_text("\n".join(md) + "\n")
+    write_result(args.out, "png_encoders", report, md)
 
 
 if __name__ == "__main__":

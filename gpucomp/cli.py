@@ -25,28 +25,44 @@ class _Parser(argparse.ArgumentParser):
         raise GpucompError(message)
 
 
-def _int_range(lo: int, hi: int):
-    def parse(text: str) -> int:
+def _number_range(kind: type, lo, hi, *, open_low: bool = False):
+    """argparse type: a number of `kind` in [lo, hi], or (lo, hi] with open_low."""
+    noun = "an integer" if kind is int else "a number"
+    span = f"({lo}, {hi}]" if open_low else f"{lo}..{hi}"
+
+    def parse(text: str):
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"{value} is outside {lo}..{hi}")
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if not (lo < value if open_low else lo <= value) or value > hi:
+            raise argparse.ArgumentTypeError(f"{value} is outside {span}")
         return value
     return parse
+
+
+def _int_range(lo: int, hi: int):
+    return _number_range(int, lo, hi)
 
 
 def _float_range(lo: float, hi: float):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not lo < value <= hi:
-            raise argparse.ArgumentTypeError(f"{value} is outside ({lo}, {hi}]")
-        return value
-    return parse
+    return _number_range(float, lo, hi, open_low=True)
+
+
+_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def _size(text: str) -> int:
+    """Bytes from '2G', '512M', '1.5GiB', '100000'."""
+    t = text.strip().lower().removesuffix("b").removesuffix("i")
+    unit = t[-1] if t and t[-1] in _UNITS else ""
+    try:
+        value = float(t[: len(t) - len(unit)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 2G or 512M") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return int(value * _UNITS[unit])
 
 
 def add_render_options(p: argparse.ArgumentParser):
@@ -83,6 +99,11 @@ def add_render_options(p: argparse.ArgumentParser):
                    help="gpu: ONNX Runtime's cuDNN convolution algorithm search (default exhaustive)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="gpu: capture inference as a CUDA graph per batch shape and replay it")
+    p.add_argument("--cache-budget", type=_size, default=None,
+                   help="memory the decoded frames may take (RAM for cpu, VRAM for gpu), e.g. 2G; longer videos "
+                        "are decoded ahead into a ring of that size (default: what is free)")
+    p.add_argument("--resume", action="store_true",
+                   help="png/jpg: keep the frames already complete in --output and render only the rest")
     p.add_argument("--clip-rects", action="store_true",
                    help="accept rectangles reaching outside the frame; only the inside part is written")
     p.add_argument("--quiet", action="store_true", help="no progress bar or header; errors and the summary still print")
@@ -111,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, required=True)
     p.add_argument("--frames", type=_int_range(2, 100000), default=100)
     p.add_argument("--seed", type=_int_range(0, 2**31 - 1), default=0)
+    p.add_argument("--size", default="1280x720", help="frame size WxH, even, at least 640x360 (default 1280x720)")
 
     p = sub.add_parser("model", help="build UNet-328 as ONNX with seeded weights")
     p.add_argument("--output", type=Path, required=True)
@@ -126,9 +148,15 @@ def _cmd_synth(args) -> int:
     from .synth import write_dataset
     from .telemetry import decode_progress
 
+    try:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise GpucompError(f"--size {args.size!r} is not WxH like 1920x1080") from None
+    if width < 640 or height < 360 or width % 2 or height % 2:
+        raise GpucompError(f"--size {args.size}: frames must be even-sized and at least 640x360")
     report, close = decode_progress(args.frames, "synth", sys.stderr.isatty())
     try:
-        write_dataset(args.output, args.frames, args.seed, progress=report)
+        write_dataset(args.output, args.frames, args.seed, progress=report, width=width, height=height)
     except OSError as exc:
         raise GpucompError(f"{args.output}: cannot write the dataset ({exc.strerror or exc})") from None
     finally:
@@ -166,7 +194,7 @@ def _cmd_demo(args) -> int:
 def _cmd_render(args) -> int:
     from .backends import RenderSettings, create, resolve
     from .dataset import Dataset
-    from .encode import open_sink
+    from .encode import IMAGE_FORMATS, complete_frames, open_sink
     from .pipeline import render
     from .report import print_summary
     from .telemetry import Progress, StageStats, decode_progress
@@ -181,8 +209,20 @@ def _cmd_render(args) -> int:
         print(f"note: {notice}", file=sys.stderr)
     stats = StageStats()
     settings = RenderSettings(batch=args.batch, workers=args.workers, feather=args.feather,
-                              cudnn_algo=args.cudnn_algo.upper(), cuda_graph=args.cuda_graph)
+                              cudnn_algo=args.cudnn_algo.upper(), cuda_graph=args.cuda_graph,
+                              cache_budget=args.cache_budget)
     show = not args.quiet
+    keep = frozenset()
+    if args.resume:
+        if args.format not in IMAGE_FORMATS:
+            raise GpucompError(f"--resume works with png and jpg output; --format {args.format} is written whole")
+        keep = complete_frames(args.output, indices, args.format)
+        if len(keep) == len(indices):
+            print(f"nothing to render: all {len(indices)} frames in {args.output} are complete", file=info)
+            return 0
+        if show:
+            print(f"resume: {len(keep)} of {len(indices)} frames are complete, rendering the other "
+                  f"{len(indices) - len(keep)}", file=sys.stderr)
     with create(name, dataset, args.model, settings, stats) as backend:
         sink = open_sink(args.format, args.output, dataset=dataset, indices=indices, workers=args.workers,
                          stats=stats, crf=args.crf, preset=args.preset, encoder=args.encoder,
@@ -202,9 +242,9 @@ def _cmd_render(args) -> int:
         except BaseException:
             sink.abort()
             raise
-        progress = Progress(len(indices), stats, enabled=show)
+        progress = Progress(len(indices) - len(keep), stats, enabled=show)
         try:
-            result = render(backend, len(indices), sink, batch=args.batch, progress=progress)
+            result = render(backend, len(indices), sink, batch=args.batch, progress=progress, keep=keep)
         except KeyboardInterrupt:
             progress.close()
             unfinished_file = args.format not in ("png", "jpg") and str(args.output) != STDOUT
@@ -223,11 +263,12 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def main(argv: list[str] | None = None) -> int:
+def guarded(run) -> int:
+    """Run `run()` the way every gpucomp command ends: GpucompError -> one
+    `error:` line and exit 2; Ctrl-C or SIGTERM -> exit 130."""
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # stop as cleanly as on Ctrl-C
     try:
-        args = build_parser().parse_args(argv)
-        return COMMANDS[args.command](args)
+        return run()
     except GpucompError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -236,3 +277,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: list[str] | None = None) -> int:
+    def run():
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    return guarded(run)

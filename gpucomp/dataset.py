@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .contract import CROP_SIZE, FEATURE_DIM, Placement, place
-from .errors import DatasetError, ResourceError
-from .resources import available_memory, format_bytes
+from .errors import DatasetError
 from .videoio import FrameReader, VideoInfo, probe_video
 
 FULL_VIDEO = "full_body_video.mp4"
@@ -31,7 +30,7 @@ RECT_FILES = ("crop_rectangles.json", "crop_rects.json")
 FEATURES_FILE = "aud_ave.npy"
 AUDIO_FILES = ("audio_16k.npy", "audio.wav", "audio.npy")
 
-# Preloading may use at most this share of the memory the system has available.
+# Frames cached in RAM may use at most this share of the memory available.
 PRELOAD_MEMORY_SHARE = 0.8
 
 
@@ -83,8 +82,9 @@ def load_features(path: Path) -> np.ndarray:
     if features.shape[0] == 0:
         raise DatasetError(f"{path}: features have no rows")
     if not np.issubdtype(features.dtype, np.floating) and not np.issubdtype(features.dtype, np.integer):
-        raise DatasetError(f"{path}: features must be numbers, got dtype {features.dtype}")
-    features = np.ascontiguousarray(features, dtype=np.float32)
+        raise DatasetError(f"{path}: features must be real numbers, got dtype {features.dtype}")
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, reported just below
+        features = np.ascontiguousarray(features, dtype=np.float32)
     bad = ~np.isfinite(features)
     if bad.any():
         row = int(np.argwhere(bad)[0][0])
@@ -166,18 +166,6 @@ class Dataset:
         return self.width * self.height * 3 + CROP_SIZE * CROP_SIZE * 3
 
 
-@dataclass
-class FrameCache:
-    """Decoded frames of a contiguous range, all in host memory.
-
-    Position p holds dataset frame `indices[p]`.
-    """
-
-    indices: range
-    full: np.ndarray   # (n, H, W, 3) uint8
-    crops: np.ndarray  # (n, 328, 328, 3) uint8
-
-
 class ChunkDecoder:
     """Decodes consecutive frames of both videos, chunk after chunk, into
     caller-provided arrays; the two videos are decoded in parallel (OpenCV
@@ -206,35 +194,6 @@ class ChunkDecoder:
     def close(self):
         for reader in self.readers:
             reader.close()
-
-
-PRELOAD_CHUNK = 16  # frames per decode step, so the progress bar moves
-
-
-def preload(dataset: Dataset, indices: range, progress=None) -> FrameCache:
-    """Decode the frames of `indices` once into RAM.
-
-    Refuses, before allocating, when the frames would not fit in the memory the
-    system has available. `progress(n)` is called as frames are decoded.
-    """
-    need = len(indices) * dataset.frame_bytes()
-    available = available_memory()
-    if need > PRELOAD_MEMORY_SHARE * available:
-        raise ResourceError(
-            f"preloading {len(indices)} frames needs {format_bytes(need)} of RAM but only "
-            f"{format_bytes(available)} is available; render a part with --start/--frames")
-    full = np.empty((len(indices), dataset.height, dataset.width, 3), np.uint8)
-    crops = np.empty((len(indices), CROP_SIZE, CROP_SIZE, 3), np.uint8)
-    decoder = ChunkDecoder(dataset, indices)
-    try:
-        for first in range(0, len(indices), PRELOAD_CHUNK):
-            last = min(first + PRELOAD_CHUNK, len(indices))
-            decoder.read_into(full[first:last], crops[first:last])
-            if progress:
-                progress(last)
-    finally:
-        decoder.close()
-    return FrameCache(indices, full, crops)
 
 
 def describe(dataset: Dataset) -> str:

@@ -50,6 +50,54 @@ def write_atomic(path: Path, data: bytes):
         raise
 
 
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # an empty IEND chunk and its CRC
+
+
+def is_complete(path: Path, fmt: str) -> bool:
+    """A frame file that ends as its format requires (PNG: the IEND chunk,
+    JPEG: the end-of-image marker). Files are renamed into place only when
+    whole, so this guards against damage from outside, not against ourselves."""
+    try:
+        size = path.stat().st_size
+        if size < 16:
+            return False
+        with open(path, "rb") as f:
+            head = f.read(8)
+            f.seek(size - 12)
+            tail = f.read(12)
+    except OSError:
+        return False
+    if fmt == "png":
+        return head == b"\x89PNG\r\n\x1a\n" and tail == PNG_END
+    return head[:2] == b"\xff\xd8" and tail[-2:] == b"\xff\xd9"
+
+
+def complete_frames(directory: Path, indices, fmt: str) -> frozenset[int]:
+    """Dataset indices among `indices` whose output file is complete."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return frozenset()
+    return frozenset(i for i in indices if is_complete(directory / frame_name(i, fmt), fmt))
+
+
+def remove_stale_temporaries(directory: Path) -> int:
+    """Delete temporary frame files left by runs that no longer exist (a crash,
+    kill -9); temporaries of a live process are left alone."""
+    removed = 0
+    for path in Path(directory).glob(".frame_*.tmp"):
+        try:
+            pid = int(path.name.rsplit(".", 2)[-2])
+            os.kill(pid, 0)
+            continue  # that run is alive
+        except ProcessLookupError:
+            pass
+        except (ValueError, PermissionError):
+            continue
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
 def prepare_output_dir(path: Path) -> Path:
     """Create the output directory if needed and prove it is writable."""
     path = Path(path)
@@ -79,6 +127,7 @@ class ImageSequenceSink:
         if fmt not in IMAGE_FORMATS:
             raise OutputError(f"unknown image format {fmt!r} (choose from {', '.join(IMAGE_FORMATS)})")
         self.directory = prepare_output_dir(directory)
+        remove_stale_temporaries(self.directory)
         self.label = str(self.directory)
         self.fmt = fmt
         self.stats = stats

@@ -31,14 +31,17 @@ class RenderResult:
 
 
 class _BatchHandover:
-    """Hands a finished batch to the sink and frees it once every frame is saved."""
+    """Hands a finished batch to the sink and frees it once every frame is saved.
+    Frames in `keep` (already complete on disk, when resuming) are not written."""
 
-    def __init__(self, pending: PendingBatch, window: threading.Semaphore, progress: Progress | None):
+    def __init__(self, pending: PendingBatch, window: threading.Semaphore, progress: Progress | None,
+                 keep: frozenset[int]):
         self.pending = pending
         self.window = window
         self.progress = progress
+        self.keep = keep
         self.saved = 0
-        self._left = len(pending.indices)
+        self._left = sum(i not in keep for i in pending.indices)
         self._lock = threading.Lock()
 
     def frame_done(self, ok: bool):
@@ -54,11 +57,18 @@ class _BatchHandover:
 
     def send(self, sink):
         for index, frame in zip(self.pending.indices, self.pending.wait()):
-            sink.submit(index, frame, self.frame_done)
+            if index not in self.keep:
+                sink.submit(index, frame, self.frame_done)
 
 
-def render(backend: Backend, count: int, sink, *, batch: int, progress: Progress | None = None) -> RenderResult:
+def render(backend: Backend, count: int, sink, *, batch: int, progress: Progress | None = None,
+           keep: frozenset[int] = frozenset()) -> RenderResult:
     """Render positions 0..count-1 of the backend's prepared frames into `sink`.
+
+    `keep`: dataset indices whose output is already complete (resume). Batches
+    keep the same boundaries as a full run, so a batch with any frame missing is
+    computed whole (the model sees the same batches) and only the missing frames
+    are written; a batch with none missing is skipped.
 
     On any exception (Ctrl-C included) frames not yet handed to the sink are
     dropped, frames being written are completed, and the exception propagates.
@@ -67,15 +77,23 @@ def render(backend: Backend, count: int, sink, *, batch: int, progress: Progress
     waiting: deque[PendingBatch] = deque()  # submitted, not yet handed to the sink
     start = time.perf_counter()
     ok = False
+
+    def hand_over():
+        _BatchHandover(waiting.popleft(), window, progress, keep).send(sink)
+
     try:
         for first in range(0, count, batch):
+            positions = range(first, min(first + batch, count))
+            if keep and all(backend.frame_index(p) in keep for p in positions):
+                backend.skip(positions)
+                continue
             sink.check()
             window.acquire()
-            waiting.append(backend.submit(range(first, min(first + batch, count))))
+            waiting.append(backend.submit(positions))
             if len(waiting) > 1:  # keep one batch computing while the previous one saves
-                _BatchHandover(waiting.popleft(), window, progress).send(sink)
+                hand_over()
         while waiting:
-            _BatchHandover(waiting.popleft(), window, progress).send(sink)
+            hand_over()
         sink.close()
         ok = True
     finally:

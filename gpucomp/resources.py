@@ -5,16 +5,26 @@ from __future__ import annotations
 import os
 
 
-def available_memory() -> int:
-    """Bytes of RAM available to new allocations (MemAvailable on Linux)."""
+def _meminfo(key: str) -> int | None:
+    """A /proc/meminfo field in bytes (Linux), or None."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return None
+
+
+def available_memory() -> int:
+    """Bytes of RAM available to new allocations (MemAvailable on Linux)."""
+    found = _meminfo("MemAvailable")
+    return found if found is not None else os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def total_memory() -> int | None:
+    return _meminfo("MemTotal")
 
 
 def format_bytes(n: float) -> str:

@@ -24,7 +24,7 @@ from .videoio import H264Writer, temporary_path
 
 WIDTH, HEIGHT, FPS = 1280, 720, 25
 SAMPLE_RATE = 16000
-FACE_MIN, FACE_MAX = 170, 190
+FACE_MIN, FACE_MAX = 170, 190  # at 1280x720; other sizes scale them
 
 
 def smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], cell: int) -> np.ndarray:
@@ -54,19 +54,23 @@ class SynthScript:
     features: np.ndarray     # (N - 1, 512) float32 >= 0
 
 
-def make_script(frames: int, seed: int) -> SynthScript:
+def make_script(frames: int, seed: int, width: int = WIDTH, height: int = HEIGHT) -> SynthScript:
     rng = np.random.default_rng(seed)
     n = frames
-    # Face path: like the real one (centre x 590-670, y 300-420, size 173-189).
-    cx = 630 + 40 * _smooth_path(rng, n, (97.0, 41.0, 17.0))
-    cy = 360 + 55 * _smooth_path(rng, n, (131.0, 53.0, 23.0))
-    size = np.round(180 + 9.5 * _smooth_path(rng, n, (71.0, 29.0))).clip(FACE_MIN, FACE_MAX).astype(int)
+    # Sizes scale with the frame (exactly 1.0 at 1280x720).
+    sx, sy = width / WIDTH, height / HEIGHT
+    s = min(sx, sy)
+    # Face path: like the real one (centre x 590-670, y 300-420, size 173-189 at 720p).
+    cx = 630 * sx + 40 * s * _smooth_path(rng, n, (97.0, 41.0, 17.0))
+    cy = 360 * sy + 55 * s * _smooth_path(rng, n, (131.0, 53.0, 23.0))
+    size = np.round(180 * s + 9.5 * s * _smooth_path(rng, n, (71.0, 29.0))).clip(FACE_MIN * s, FACE_MAX * s)
+    size = size.astype(int)
     x1 = np.round(cx - size / 2).astype(int)
     y1 = np.round(cy - size / 2).astype(int)
     rects = np.stack([x1, y1, x1 + size, y1 + size], axis=1)
 
-    pan = np.stack([60 + 50 * _smooth_path(rng, n, (150.0, 61.0)),
-                    40 + 30 * _smooth_path(rng, n, (190.0, 77.0))], axis=1).round().astype(int)
+    pan = np.stack([60 * s + 50 * s * _smooth_path(rng, n, (150.0, 61.0)),
+                    40 * s + 30 * s * _smooth_path(rng, n, (190.0, 77.0))], axis=1).round().astype(int)
 
     # Voice: a few harmonics of a wandering pitch, gated by a syllable envelope.
     samples_per_frame = SAMPLE_RATE // FPS
@@ -87,10 +91,11 @@ def make_script(frames: int, seed: int) -> SynthScript:
     return SynthScript(rects, pan, mouth, audio, features)
 
 
-def _background(rng: np.random.Generator) -> np.ndarray:
+def _background(rng: np.random.Generator, width: int = WIDTH, height: int = HEIGHT) -> np.ndarray:
     """A textured canvas larger than the frame: soft colour fields, a tiled
     pattern and fine grain, so every resampling error shows."""
-    h, w = HEIGHT + 160, WIDTH + 240
+    s = min(width / WIDTH, height / HEIGHT)
+    h, w = height + int(160 * s), width + int(240 * s)
     base = np.stack([smooth_noise(rng, (h, w), 90) for _ in range(3)], axis=-1)
     tone = np.array([110, 95, 80], np.float32) + 35 * base
     yy, xx = np.mgrid[0:h, 0:w]
@@ -100,6 +105,7 @@ def _background(rng: np.random.Generator) -> np.ndarray:
 
 
 def _draw_figure(frame: np.ndarray, rect: np.ndarray, mouth: float, skin: np.ndarray):
+    height, width = frame.shape[:2]
     x1, y1, x2, y2 = (int(v) for v in rect)
     cx, cy, s = (x1 + x2) // 2, (y1 + y2) // 2, x2 - x1
     # Shoulders and suit below the face.
@@ -108,7 +114,7 @@ def _draw_figure(frame: np.ndarray, rect: np.ndarray, mouth: float, skin: np.nda
     # Face: a textured skin ellipse pasted through a soft mask.
     mask = np.zeros(frame.shape[:2], np.uint8)
     cv2.ellipse(mask, (cx, cy), (int(0.38 * s), int(0.48 * s)), 0, 0, 360, 255, -1, cv2.LINE_AA)
-    ys, xs = slice(max(y1 - s // 4, 0), min(y2 + s // 4, HEIGHT)), slice(max(x1 - s // 4, 0), min(x2 + s // 4, WIDTH))
+    ys, xs = slice(max(y1 - s // 4, 0), min(y2 + s // 4, height)), slice(max(x1 - s // 4, 0), min(x2 + s // 4, width))
     m = mask[ys, xs, None].astype(np.float32) / 255.0
     skin_patch = cv2.resize(skin, (xs.stop - xs.start, ys.stop - ys.start), interpolation=cv2.INTER_LINEAR)
     frame[ys, xs] = (frame[ys, xs] * (1 - m) + skin_patch * m).astype(np.uint8)
@@ -123,9 +129,10 @@ def _draw_figure(frame: np.ndarray, rect: np.ndarray, mouth: float, skin: np.nda
     cv2.ellipse(frame, (cx, cy + int(0.22 * s)), (int(0.12 * s), open_h), 0, 0, 360, (70, 80, 160), 2, cv2.LINE_AA)
 
 
-def render_frame(script: SynthScript, background: np.ndarray, skin: np.ndarray, i: int) -> np.ndarray:
+def render_frame(script: SynthScript, background: np.ndarray, skin: np.ndarray, i: int,
+                 width: int = WIDTH, height: int = HEIGHT) -> np.ndarray:
     ox, oy = script.pan[i]
-    frame = background[oy : oy + HEIGHT, ox : ox + WIDTH].copy()
+    frame = background[oy : oy + height, ox : ox + width].copy()
     _draw_figure(frame, script.rects[i], float(script.mouth[i]), skin)
     return frame
 
@@ -136,7 +143,8 @@ def face_crop(frame: np.ndarray, rect) -> np.ndarray:
     return cv2.resize(frame[y1:y2, x1:x2], (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_CUBIC)
 
 
-def write_dataset(output: Path, frames: int = 100, seed: int = 0, progress=None) -> Path:
+def write_dataset(output: Path, frames: int = 100, seed: int = 0, progress=None, *, width: int = WIDTH,
+                  height: int = HEIGHT) -> Path:
     """Write a demo dataset into `output` (created if needed); returns it.
 
     Every file is written under a temporary name and renamed when complete.
@@ -144,19 +152,21 @@ def write_dataset(output: Path, frames: int = 100, seed: int = 0, progress=None)
     """
     if frames < 2:
         raise ValueError("a synthetic dataset needs at least 2 frames")
+    if width < 640 or height < 360 or width % 2 or height % 2:
+        raise ValueError(f"synthetic frames must be even-sized and at least 640x360, got {width}x{height}")
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    script = make_script(frames, seed)
+    script = make_script(frames, seed, width, height)
     rng = np.random.default_rng(seed + 1)
-    background = _background(rng)
+    background = _background(rng, width, height)
     skin_tone = np.array([120, 150, 200], np.float32)
     skin = np.clip(skin_tone + 18 * np.stack([smooth_noise(rng, (64, 64), 6)] * 3, -1)
                    + 5 * rng.standard_normal((64, 64, 3)), 0, 255).astype(np.uint8)
 
-    with H264Writer(output / "full_body_video.mp4", WIDTH, HEIGHT, FPS, threads=4) as full, \
+    with H264Writer(output / "full_body_video.mp4", width, height, FPS, threads=4) as full, \
             H264Writer(output / "crops_328_video.mp4", CROP_SIZE, CROP_SIZE, FPS, threads=4) as crops:
         for i in range(frames):
-            frame = render_frame(script, background, skin, i)
+            frame = render_frame(script, background, skin, i, width, height)
             full.write(frame)
             crops.write(face_crop(frame, script.rects[i]))
             if progress:

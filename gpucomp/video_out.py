@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import OutputError
 from .telemetry import StageStats, Timer
-from .videoio import H264Writer, nvenc_unavailable_reason, temporary_path
+from .videoio import H264Writer, is_special_file, nvenc_unavailable_reason, temporary_path
 
 VIDEO_FORMATS = ("mp4", "y4m", "raw")
 STDOUT = "-"
@@ -147,7 +147,7 @@ class StreamSink(OrderedSink):
             label = "stdout"
         else:
             self.path = _check_file_target(Path(target), fmt)
-            self._tmp = temporary_path(self.path)
+            self._tmp = self.path if is_special_file(self.path) else temporary_path(self.path)
             self._out = open(self._tmp, "wb")
             label = str(self.path)
         self._header = y4m_header(width, height, fps) if fmt == "y4m" else b""
@@ -167,7 +167,8 @@ class StreamSink(OrderedSink):
         self._out.flush()
         if not self.to_stdout:
             self._out.close()
-            os.replace(self._tmp, self.path)
+            if self._tmp != self.path:
+                os.replace(self._tmp, self.path)
 
     def _discard(self):
         if self.to_stdout:
@@ -177,13 +178,18 @@ class StreamSink(OrderedSink):
                 pass
             return
         self._out.close()
-        self._tmp.unlink(missing_ok=True)
+        if self._tmp != self.path:
+            self._tmp.unlink(missing_ok=True)
 
 
 def _check_file_target(path: Path, fmt: str) -> Path:
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{path}: is a directory; --format {fmt} writes one file (e.g. {path / ('render.' + fmt)})")
+    if is_special_file(path):  # /dev/null, a FIFO: written in place
+        if not os.access(path, os.W_OK):
+            raise OutputError(f"{path}: cannot write there (permission denied)")
+        return path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         probe = temporary_path(path)

@@ -95,6 +95,12 @@ def temporary_path(final: Path) -> Path:
     return final.with_name(f".{final.name}.{os.getpid()}.tmp")
 
 
+def is_special_file(path: Path) -> bool:
+    """An existing target that is not a regular file (/dev/null, a FIFO): it is
+    written in place, never replaced by a rename."""
+    return path.exists() and not path.is_file() and not path.is_dir()
+
+
 # x264 preset names mapped to NVENC's p1 (fastest) .. p7 (best).
 NVENC_PRESETS = {"ultrafast": "p1", "superfast": "p1", "veryfast": "p2", "faster": "p3", "fast": "p4",
                  "medium": "p5", "slow": "p6", "slower": "p7", "veryslow": "p7"}
@@ -130,7 +136,7 @@ class H264Writer:
         import av  # PyAV loads FFmpeg; only writers need it
 
         self.path = Path(path)
-        self._tmp = temporary_path(self.path)
+        self._tmp = self.path if is_special_file(self.path) else temporary_path(self.path)
         self._container = av.open(str(self._tmp), mode="w", format="mp4")
         self._stream = self._container.add_stream(encoder, rate=_fps_fraction(fps))
         self._stream.width, self._stream.height = width, height
@@ -179,7 +185,8 @@ class H264Writer:
         if self._audio_stream is not None:
             self._mux_audio()
         self._container.close()
-        os.replace(self._tmp, self.path)
+        if self._tmp != self.path:
+            os.replace(self._tmp, self.path)
 
     def abort(self):
         try:
@@ -187,7 +194,8 @@ class H264Writer:
         except Exception:  # the container may be half-initialised; the file is deleted anyway
             pass
         finally:
-            self._tmp.unlink(missing_ok=True)
+            if self._tmp != self.path:
+                self._tmp.unlink(missing_ok=True)
 
     def __enter__(self):
         return self

@@ -80,3 +80,51 @@ def device(request):
     from gpucomp.backends.devices import CudaDevice, SimDevice
 
     return SimDevice() if request.param == "sim" else CudaDevice()
+
+
+@pytest.fixture(scope="session")
+def long_dataset(tmp_path_factory) -> Path:
+    """64 frames: long enough for a ring smaller than the video."""
+    from gpucomp.synth import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("data") / "long", frames=64, seed=5)
+
+
+@pytest.fixture
+def data(small_dataset, tmp_path):
+    """A private, writable copy of the small dataset to break."""
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(small_dataset, copy)
+    return copy
+
+
+def fill_disk_after(monkeypatch, frames: int):
+    """Make frame writes fail with ENOSPC after `frames` succeed (a full disk)."""
+    import errno
+
+    import gpucomp.encode as encode
+
+    real, calls = encode.write_atomic, {"n": 0}
+
+    def filling_disk(path, data):
+        calls["n"] += 1
+        if calls["n"] > frames:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(encode, "write_atomic", filling_disk)
+
+
+def decode_video(path) -> list:
+    """Every frame OpenCV decodes from a video file."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            return frames
+        frames.append(frame)

@@ -1,26 +1,19 @@
 """Loading and validating datasets; bad input ends with one `error:` line and exit 2."""
 
 import json
-import shutil
 
 import cv2
 import numpy as np
 import pytest
 
 from gpucomp import cli
-from gpucomp.dataset import Dataset, load_rectangles, preload
+from gpucomp.dataset import Dataset, load_rectangles
+from gpucomp.framecache import preload
 from gpucomp.errors import DatasetError, ResourceError
 from gpucomp.videoio import H264Writer
 
 from .conftest import run_cli
 
-
-@pytest.fixture
-def data(small_dataset, tmp_path):
-    """A private, writable copy of the small dataset to break."""
-    copy = tmp_path / "data"
-    shutil.copytree(small_dataset, copy)
-    return copy
 
 
 def _rects(path):
@@ -46,51 +39,6 @@ def _write_video(path, frames, size):
 def _truncate(path, keep=0.4):
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
-
-
-BAD_INPUT = {
-    "no dataset directory": (lambda d: shutil.rmtree(d), "dataset directory not found"),
-    "missing full video": (lambda d: (d / "full_body_video.mp4").unlink(), "full_body_video.mp4: file not found"),
-    "missing crops video": (lambda d: (d / "crops_328_video.mp4").unlink(), "crops_328_video.mp4: file not found"),
-    "empty video": (lambda d: (d / "full_body_video.mp4").write_bytes(b""), "full_body_video.mp4: file is empty"),
-    "not a video": (lambda d: (d / "full_body_video.mp4").write_bytes(b"\x00garbage" * 1000),
-                    "full_body_video.mp4: cannot be opened as a video"),
-    "missing rectangles": (lambda d: (d / "crop_rectangles.json").unlink(), "no crop_rectangles.json or crop_rects.json"),
-    "malformed json": (lambda d: (d / "crop_rectangles.json").write_text('{"0": {"rect": [1, 2, 3, 4]'),
-                       "crop_rectangles.json: not valid JSON"),
-    "rect key missing": (lambda d: _set_rects(d, {**_rects(d), "5": {"box": [1, 2, 3, 4]}}),
-                         "frame 5: missing key 'rect'"),
-    "frame missing": (lambda d: _set_rects(d, {k: v for k, v in _rects(d).items() if k != "3"}),
-                      "crop_rectangles.json: frame 3 has no rectangle"),
-    "fewer rectangles": (lambda d: _set_rects(d, {str(i): _rects(d)[str(i)] for i in range(20)}),
-                         "has 24 frames but crop_rectangles.json has 20 rectangles"),
-    "empty rectangle": (lambda d: _set_rect(d, 7, [500, 300, 500, 480]), "frame 7: rectangle [500, 300, 500, 480] is empty"),
-    "inverted rectangle": (lambda d: _set_rect(d, 8, [680, 300, 500, 480]), "frame 8: rectangle [680, 300, 500, 480] is inverted"),
-    "rectangle outside": (lambda d: _set_rect(d, 9, [1200, 300, 1380, 480]), "frame 9: rectangle [1200, 300, 1380, 480] reaches outside"),
-    "negative rectangle": (lambda d: _set_rect(d, 2, [-5, 300, 175, 480]), "frame 2: rectangle [-5, 300, 175, 480] reaches outside"),
-    "fractional rectangle": (lambda d: _set_rect(d, 4, [500.5, 300, 680, 480]), "frame 4: coordinate 500.5 is not an integer"),
-    "crops not 328": (lambda d: _write_video(d / "crops_328_video.mp4", 24, (320, 320)), "crops are 320x320, expected 328x328"),
-    "crops video shorter": (lambda d: _write_video(d / "crops_328_video.mp4", 20, (328, 328)),
-                            "crops_328_video.mp4: has 20 frames but crop_rectangles.json has 24"),
-    "missing features": (lambda d: (d / "aud_ave.npy").unlink(), "aud_ave.npy: file not found"),
-    "features not npy": (lambda d: (d / "aud_ave.npy").write_text("hello"), "aud_ave.npy: not a readable .npy array"),
-    "features wrong shape": (lambda d: np.save(d / "aud_ave.npy", np.zeros((23, 256), np.float32)),
-                             "features must have shape (M, 512), got (23, 256)"),
-    "features with NaN": (lambda d: np.save(d / "aud_ave.npy", np.where(np.arange(512) == 7, np.nan, np.zeros((23, 512), np.float32)).astype(np.float32)),
-                          "aud_ave.npy: row 0 holds NaN or infinity"),
-}
-
-
-@pytest.mark.parametrize("case", sorted(BAD_INPUT))
-def test_bad_dataset_is_one_line_exit_2(case, data, tiny_model, tmp_path, capsys):
-    breaker, message = BAD_INPUT[case]
-    breaker(data)
-    code = cli.main(["render", "--data", str(data), "--model", str(tiny_model), "--output", str(tmp_path / "out"),
-                     "--backend", "cpu", "--quiet"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    assert message in err[0]
 
 
 def test_truncated_video_names_file_and_frame(data, tiny_model, tmp_path, capsys):
@@ -163,9 +111,9 @@ def test_preload_decodes_exactly_what_opencv_reads(small_dataset):
 
 
 def test_preload_refuses_when_memory_is_short(small_dataset, monkeypatch):
-    import gpucomp.dataset as dataset_module
+    import gpucomp.framecache as framecache
 
-    monkeypatch.setattr(dataset_module, "available_memory", lambda: 10 * 2**20)
+    monkeypatch.setattr(framecache, "available_memory", lambda: 10 * 2**20)
     ds = Dataset.open(small_dataset)
     with pytest.raises(ResourceError, match="--start/--frames"):
         preload(ds, ds.select())

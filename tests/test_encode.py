@@ -12,6 +12,8 @@ from gpucomp.encode import ImageSequenceSink, encode_png, write_atomic
 from gpucomp.errors import OutputError
 from gpucomp.telemetry import StageStats
 
+from .conftest import fill_disk_after
+
 
 def test_png_is_lossless_and_bgr():
     frame = np.random.default_rng(0).integers(0, 256, (72, 128, 3), dtype=np.uint8)
@@ -50,16 +52,7 @@ def test_sink_writes_named_frames_and_calls_back(tmp_path):
 
 
 def test_full_disk_is_reported_with_what_was_written(tmp_path, monkeypatch):
-    calls = {"n": 0}
-    real = encode.write_atomic
-
-    def filling_disk(path, data):
-        calls["n"] += 1
-        if calls["n"] > 3:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real(path, data)
-
-    monkeypatch.setattr(encode, "write_atomic", filling_disk)
+    fill_disk_after(monkeypatch, 3)
     sink = ImageSequenceSink(tmp_path / "o", "png", 1, StageStats())
     results = []
     for i in range(8):

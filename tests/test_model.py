@@ -7,7 +7,8 @@ from onnx import TensorProto, helper, shape_inference
 
 from gpucomp.backends.base import batch_sizes
 from gpucomp.contract import audio_input, visual_input
-from gpucomp.dataset import Dataset, preload
+from gpucomp.dataset import Dataset
+from gpucomp.framecache import preload
 from gpucomp.errors import ModelError
 from gpucomp.model import ModelSession, build_unet328, parameter_count
 

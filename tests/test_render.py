@@ -124,12 +124,13 @@ def _complete_outputs(out):
     return files
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_interrupt_stops_cleanly(small_dataset, tiny_model, tmp_path, sig):
+@pytest.mark.parametrize("sig, backend", [(signal.SIGINT, "cpu"), (signal.SIGTERM, "cpu"),
+                                         (signal.SIGTERM, "gpu-sim")])
+def test_interrupt_stops_cleanly(small_dataset, tiny_model, tmp_path, sig, backend):
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "gpucomp", "render", "--data", str(small_dataset), "--model",
-                             str(tiny_model), "--output", str(out), "--backend", "cpu", "--batch", "1",
+                             str(tiny_model), "--output", str(out), "--backend", backend, "--batch", "1",
                              "--workers", "1", "--quiet"], stderr=subprocess.PIPE, stdout=subprocess.PIPE,
                             text=True, env=env)
     deadline = time.time() + 120

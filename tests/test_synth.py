@@ -9,15 +9,8 @@ from gpucomp import cli
 from gpucomp.dataset import Dataset
 from gpucomp.synth import make_script
 
+from .conftest import decode_video
 
-def _decode(path):
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, f = cap.read()
-        if not ok:
-            return frames
-        frames.append(f)
 
 
 def test_layout_and_content(small_dataset):
@@ -28,7 +21,7 @@ def test_layout_and_content(small_dataset):
     assert ds.features.shape == (23, 512) and (ds.features >= 0).all()
     audio = np.load(small_dataset / "audio_16k.npy")
     assert audio.dtype == np.float32 and audio.shape == (24 * 640,)
-    frames = _decode(small_dataset / "full_body_video.mp4")
+    frames = decode_video(small_dataset / "full_body_video.mp4")
     assert frames[0].std() > 20  # textured, not flat
     assert np.abs(frames[0].astype(int) - frames[-1]).mean() > 2  # the scene moves
 
@@ -43,8 +36,8 @@ def test_rectangles_follow_a_smooth_path_like_the_real_one():
 
 
 def test_crops_are_cubic_resizes_of_the_rectangle(small_dataset):
-    frames = _decode(small_dataset / "full_body_video.mp4")
-    crops = _decode(small_dataset / "crops_328_video.mp4")
+    frames = decode_video(small_dataset / "full_body_video.mp4")
+    crops = decode_video(small_dataset / "crops_328_video.mp4")
     rect = json.loads((small_dataset / "crop_rectangles.json").read_text())["5"]["rect"]
     x1, y1, x2, y2 = rect
     remade = cv2.resize(frames[5][y1:y2, x1:x2], (328, 328), interpolation=cv2.INTER_CUBIC)

@@ -16,7 +16,7 @@ from gpucomp.errors import OutputError
 from gpucomp.video_out import choose_encoder
 from gpucomp.videoio import nvenc_unavailable_reason
 
-from .conftest import run_cli
+from .conftest import decode_video, run_cli
 
 
 def _render(data, model, output, *extra):
@@ -30,15 +30,6 @@ def png_frames(small_dataset, tiny_model, tmp_path_factory):
     assert _render(small_dataset, tiny_model, out) == 0
     return [cv2.imread(str(out / f"frame_{i:05d}.png")) for i in range(24)]
 
-
-def _decode_video(path):
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            return frames
-        frames.append(frame)
 
 
 def _psnr(a, b):
@@ -58,7 +49,7 @@ def _audio_seconds(path):
 def test_mp4_frames_quality_and_audio(small_dataset, tiny_model, png_frames, tmp_path):
     path = tmp_path / "out.mp4"
     assert _render(small_dataset, tiny_model, path, "--format", "mp4", "--crf", "18") == 0
-    frames = _decode_video(path)
+    frames = decode_video(path)
     assert len(frames) == 24 and frames[0].shape == (720, 1280, 3)
     psnr = np.mean([_psnr(a, b) for a, b in zip(frames, png_frames)])
     assert psnr >= 38.0, f"mean PSNR {psnr:.2f} dB"

@@ -25,6 +25,9 @@ class RenderSettings:
     # whether it replays each batch shape as a captured CUDA graph.
     cudnn_algo: str = "EXHAUSTIVE"
     cuda_graph: bool = False
+    # Bytes the decoded frames may take (RAM for cpu, VRAM for gpu); None: what
+    # is free. Frames that do not fit are decoded ahead into a bounded ring.
+    cache_budget: int | None = None
 
 
 class PendingBatch(ABC):
@@ -53,7 +56,8 @@ class Backend(ABC):
 
     @abstractmethod
     def prepare(self, indices: range, progress=None):
-        """Load the frames of `indices` and warm up every batch shape the run uses.
+        """Load the frames of `indices` (kept as `self.indices`) and warm up
+        every batch shape the run uses.
 
         Positions 0..len(indices)-1 given to `submit` refer to these frames.
         """
@@ -61,6 +65,13 @@ class Backend(ABC):
     @abstractmethod
     def submit(self, positions: range) -> PendingBatch:
         """Start inference and compositing for the frames at `positions`."""
+
+    def frame_index(self, position: int) -> int:
+        """Dataset frame index of a prepared position."""
+        return self.indices[position]
+
+    def skip(self, positions: range):
+        """These frames will not be rendered (resume): free whatever holds them."""
 
     @abstractmethod
     def infer_only(self, positions: range):

@@ -10,8 +10,10 @@ import numpy as np
 
 from ..contract import ROI_OFFSET, ROI_SIZE, Placement, audio_input, feather_alpha, feather_blend, \
     prediction_to_u8, visual_input
-from ..dataset import FrameCache, preload
+from ..dataset import PRELOAD_MEMORY_SHARE
+from ..framecache import FrameRing, HostMemory, ring_slots
 from ..model import ModelSession
+from ..resources import available_memory
 from ..telemetry import Timer
 from .base import Backend, PendingBatch, batch_sizes
 
@@ -37,12 +39,17 @@ def composite_frame(full: np.ndarray, crop: np.ndarray, pred: np.ndarray, placem
 
 
 class _CpuPending(PendingBatch):
-    def __init__(self, indices: list[int], futures: list[Future]):
+    def __init__(self, indices: list[int], futures: list[Future], on_done):
         self.indices = indices
         self._futures = futures
+        self._on_done = on_done
 
     def wait(self) -> list[np.ndarray]:
-        return [f.result() for f in self._futures]
+        frames = [f.result() for f in self._futures]
+        if self._on_done:
+            self._on_done()
+            self._on_done = None
+        return frames
 
 
 class CpuBackend(Backend):
@@ -55,31 +62,54 @@ class CpuBackend(Backend):
         # on a 180x180 resize would only add contention.
         cv2.setNumThreads(1)
         self._pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="composite")
-        self.cache: FrameCache | None = None
+        self.frames: FrameRing | None = None
 
     def prepare(self, indices: range, progress=None):
-        self.cache = preload(self.dataset, indices, progress)
+        ds = self.dataset
+        budget, kind = self.settings.cache_budget, None
+        if budget is None:
+            budget, kind = int(PRELOAD_MEMORY_SHARE * available_memory()), "RAM"
+        slots = ring_slots(len(indices), ds.frame_bytes(), budget, self.settings.batch,
+                           f"caching {len(indices)} frames of {ds.width}x{ds.height}", kind)
+        self.indices = indices
+        self.frames = FrameRing(HostMemory(), ds, indices, slots, progress)
         for size in batch_sizes(len(indices), self.settings.batch):
             self.session.warm_up(size)
 
-    def infer_only(self, positions: range) -> np.ndarray:
-        indices = [self.cache.indices[p] for p in positions]
-        visual = visual_input(self.cache.crops[positions.start : positions.stop])
+    def _crops(self, positions: range) -> np.ndarray:
+        ring = self.frames
+        lo, hi = ring.slot(positions.start), ring.slot(positions.stop - 1) + 1
+        if hi - lo == len(positions):
+            return ring.crops[lo:hi]
+        return ring.crops[[ring.slot(p) for p in positions]]  # the batch wraps around the ring
+
+    def _infer(self, positions: range) -> np.ndarray:
+        indices = [self.frames.indices[p] for p in positions]
+        self.frames.acquire(positions)
+        visual = visual_input(self._crops(positions))
         return self.session.run(visual, audio_input(self.dataset.features, indices))
 
+    def infer_only(self, positions: range) -> np.ndarray:
+        return self._infer(positions)
+
     def submit(self, positions: range) -> PendingBatch:
-        indices = [self.cache.indices[p] for p in positions]
+        indices = [self.frames.indices[p] for p in positions]
         with Timer(self.stats, "inference", len(positions)):
-            pred = self.infer_only(positions)
+            pred = self._infer(positions)
         futures = [self._pool.submit(self._composite, p, pred[k]) for k, p in enumerate(positions)]
-        return _CpuPending(indices, futures)
+        return _CpuPending(indices, futures, lambda: self.frames.release(positions))
+
+    def skip(self, positions: range):
+        self.frames.release(positions)
 
     def _composite(self, position: int, pred: np.ndarray) -> np.ndarray:
         with Timer(self.stats, "composite", 1):
-            index = self.cache.indices[position]
-            return composite_frame(self.cache.full[position], self.cache.crops[position], pred,
-                                   self.dataset.placements[index], self.settings.feather)
+            ring, slot = self.frames, self.frames.slot(position)
+            return composite_frame(ring.full[slot], ring.crops[slot], pred,
+                                   self.dataset.placements[ring.indices[position]], self.settings.feather)
 
     def close(self):
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self.cache = None
+        if self.frames is not None:
+            self.frames.close()
+            self.frames = None

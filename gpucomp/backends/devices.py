@@ -18,6 +18,7 @@ import numpy as np
 
 from ..contract import AUDIO_WINDOW, FEATURE_DIM, ROI_SIZE
 from ..errors import BackendUnavailable, ResourceError
+from ..framecache import HostMemory
 from ..resources import available_memory, format_bytes
 
 THREADS = 256  # threads per block for every kernel
@@ -77,7 +78,8 @@ class Device(ABC):
 
     @abstractmethod
     def commit(self, dest, staged: np.ndarray):
-        """Copy decoded frames from `staged` into `dest` (complete on return)."""
+        """Copy decoded frames from `staged` into `dest`, complete on return;
+        may be called from the decode-ahead thread."""
 
     @abstractmethod
     def prepare_inputs(self, crops, visual, audio, features, first: int, slots: int, batch: int,
@@ -116,14 +118,14 @@ class _Done:
         pass
 
 
-class SimDevice(Device):
+class SimDevice(HostMemory, Device):
     """The engine on the host: NumPy arrays, ONNX Runtime on the CPU, and the
     kernels' per-element code compiled for the host. Every step completes
     before the call returns."""
 
     name = "gpu-sim"
     ort_device_type = "cpu"
-    memory_kind = "RAM (gpu-sim keeps its 'VRAM' cache in host memory)"
+    memory_kind = "RAM (gpu-sim's stand-in for VRAM)"
 
     def __init__(self):
         from ..kernel_build import host_kernels
@@ -139,9 +141,6 @@ class SimDevice(Device):
     def free_memory(self) -> int:
         return int(0.8 * available_memory())
 
-    def empty(self, shape, dtype):
-        return np.empty(shape, dtype)
-
     def to_device(self, host):
         return np.array(host, copy=True, order="C")
 
@@ -153,13 +152,6 @@ class SimDevice(Device):
 
     def pointer(self, array) -> int:
         return array.ctypes.data
-
-    def staging(self, dest, name):
-        return dest  # 'device' memory is host memory: decode straight into it
-
-    def commit(self, dest, staged):
-        if staged is not dest:
-            np.copyto(dest, staged)
 
     def prepare_inputs(self, crops, visual, audio, features, first, slots, batch, first_index):
         self.lib.gc_host_prepare_visual(crops, visual, first, slots, batch)
@@ -210,6 +202,7 @@ class CudaDevice(Device):
         self._device.use()
         self.compute = cupy.cuda.Stream(non_blocking=True)
         self.copier = cupy.cuda.Stream(non_blocking=True)
+        self.uploader = cupy.cuda.Stream(non_blocking=True)  # the decode-ahead thread's
         try:
             self.kernels = cuda_kernels(device_id)
         except cupy.cuda.compiler.CompileException as exc:
@@ -279,8 +272,9 @@ class CudaDevice(Device):
         return buffer[: dest.nbytes].view(dest.dtype).reshape(dest.shape)
 
     def commit(self, dest, staged):
-        dest.set(staged, stream=self.compute)
-        self.compute.synchronize()  # the staging buffer is reused for the next chunk
+        with self._device:  # may run on the decode-ahead thread
+            dest.set(staged, stream=self.uploader)
+            self.uploader.synchronize()  # the staging buffer is reused for the next chunk
 
     def prepare_inputs(self, crops, visual, audio, features, first, slots, batch, first_index):
         i32 = np.int32

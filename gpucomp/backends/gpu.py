@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..contract import AUDIO_SHAPE, CROP_SIZE, PRED_SHAPE, VISUAL_SHAPE
-from ..dataset import ChunkDecoder
+from ..contract import AUDIO_SHAPE, PRED_SHAPE, VISUAL_SHAPE
 from ..errors import BackendUnavailable, ModelError, ResourceError
+from ..framecache import FrameRing, ring_slots
 from ..kernel_layout import pack_frames
 from ..model import ModelSession
 from .base import Backend, PendingBatch, batch_sizes
@@ -31,13 +31,13 @@ from .devices import CudaDevice, SimDevice
 
 # What ONNX Runtime may take beyond our buffers: weights, cuDNN workspaces, its arena.
 ORT_RESERVE_BYTES = 2 << 30
-UPLOAD_CHUNK = 32  # frames decoded per host->device upload
 CUDNN_ALGOS = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 
 
 class _GpuPending(PendingBatch):
-    def __init__(self, engine: "GpuBackend", indices, slot, marks, copy, timed: bool):
+    def __init__(self, engine: "GpuBackend", positions: range, indices, slot, marks, copy, timed: bool):
         self.engine = engine
+        self._positions = positions
         self.indices = indices
         self.slot = slot
         self._marks = marks
@@ -48,7 +48,8 @@ class _GpuPending(PendingBatch):
     def wait(self):
         if self._frames is None:
             self._copy.wait()
-            if self._timed:
+            if self._timed:  # warm-up batches keep their frames: the real run reads them again
+                self.engine.ring.release(self._positions)
                 start, inferred, composited = self._marks
                 dev, n = self.engine.device, len(self.indices)
                 self.engine.stats.add("inference", dev.seconds_between(start, inferred), n)
@@ -83,13 +84,13 @@ class GpuBackend(Backend):
 
     # -- set-up -------------------------------------------------------------
 
-    def _needed_bytes(self, count: int, batch: int) -> int:
+    def _working_bytes(self, batch: int) -> int:
+        """Device memory besides the frame cache: buffers, output ring, ONNX Runtime's share."""
         ds = self.dataset
-        cache = count * ds.frame_bytes() + ds.features.nbytes
         work = batch * 4 * (int(np.prod(VISUAL_SHAPE)) + int(np.prod(AUDIO_SHAPE)) + int(np.prod(PRED_SHAPE)))
         ring = self.max_in_flight * batch * ds.width * ds.height * 3
         reserve = ORT_RESERVE_BYTES if isinstance(self.device, CudaDevice) else 0
-        return cache + work + ring + reserve
+        return ds.features.nbytes + work + ring + reserve
 
     def prepare(self, indices: range, progress=None):
         ds, dev = self.dataset, self.device
@@ -98,24 +99,16 @@ class GpuBackend(Backend):
         frame_bytes = ds.width * ds.height * 3
         if frame_bytes >= 2**31:
             raise ResourceError(f"frames of {ds.width}x{ds.height} are too large for the kernels (2 GiB per frame)")
-        dev.check_memory(self._needed_bytes(n, batch), f"caching {n} frames of {ds.width}x{ds.height}")
+        working = self._working_bytes(batch)
+        budget, kind = self.settings.cache_budget, None
+        if budget is None:
+            budget, kind = max(0, dev.free_memory() - working), dev.memory_kind
+        what = f"caching {n} frames of {ds.width}x{ds.height}"
+        slots = ring_slots(n, ds.frame_bytes(), budget, batch, what, kind)
+        dev.check_memory(slots * ds.frame_bytes() + working, what if slots == n else f"{what} ({slots} at a time)")
         self.indices = indices
-        self.slots = n
-        self.full = dev.empty((n, ds.height, ds.width, 3), np.uint8)
-        self.crops = dev.empty((n, CROP_SIZE, CROP_SIZE, 3), np.uint8)
-        decoder = ChunkDecoder(ds, indices)
-        try:
-            for first in range(0, n, UPLOAD_CHUNK):
-                count = min(UPLOAD_CHUNK, n - first)
-                full, crops = self.full[first : first + count], self.crops[first : first + count]
-                staged_full, staged_crops = dev.staging(full, "full"), dev.staging(crops, "crops")
-                decoder.read_into(staged_full, staged_crops)
-                dev.commit(full, staged_full)
-                dev.commit(crops, staged_crops)
-                if progress:
-                    progress(first + count)
-        finally:
-            decoder.close()
+        self.ring = FrameRing(dev, ds, indices, slots, progress)
+        self.full, self.crops, self.slots = self.ring.full, self.ring.crops, self.ring.slots
         self.features = dev.to_device(ds.features)
         frames, taps = pack_frames(ds.placements, indices)
         self.frames, self.taps = dev.to_device(frames), dev.to_device(taps)
@@ -153,6 +146,7 @@ class GpuBackend(Backend):
 
     def _infer(self, positions: range):
         """Queue the input kernels and the model for these frames."""
+        self.ring.acquire(positions)
         size, first = len(positions), positions.start
         self.device.prepare_inputs(self.crops, self.visual, self.audio, self.features, first, self.slots, size,
                                    self.indices[first])
@@ -173,7 +167,10 @@ class GpuBackend(Backend):
         composited = dev.mark()
         copy = dev.copy_to_host(self.out_ring[slot][:size], self.host_ring[slot][:size])
         indices = [self.indices[p] for p in positions]
-        return _GpuPending(self, indices, slot, (start, inferred, composited), copy, timed)
+        return _GpuPending(self, positions, indices, slot, (start, inferred, composited), copy, timed)
+
+    def skip(self, positions: range):
+        self.ring.release(positions)
 
     def submit(self, positions: range) -> PendingBatch:
         if not self.free_slots:
@@ -181,7 +178,9 @@ class GpuBackend(Backend):
         return self._launch(positions, timed=True)
 
     def close(self):
-        for name in ("full", "crops", "features", "frames", "taps", "visual", "audio", "pred", "out_ring",
+        if getattr(self, "ring", None) is not None:
+            self.ring.close()
+        for name in ("ring", "full", "crops", "features", "frames", "taps", "visual", "audio", "pred", "out_ring",
                      "host_ring", "bindings", "run_options"):
             setattr(self, name, None)
         self.device.release()

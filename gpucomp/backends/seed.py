@@ -22,7 +22,8 @@ import cv2
 import numpy as np
 
 from ..contract import audio_input, visual_input
-from ..dataset import Dataset, preload
+from ..dataset import Dataset
+from ..framecache import preload
 from ..encode import frame_name, prepare_output_dir
 from ..model import ModelSession
 from ..telemetry import StageStats, Timer

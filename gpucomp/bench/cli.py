@@ -17,9 +17,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, _int_range, _Parser
-from ..dataset import Dataset, preload
-from ..errors import GpucompError
+from ..cli import _int_range, _Parser, guarded
+from ..dataset import Dataset
+from ..framecache import preload
 from . import isolation, machine, reports
 from .runs import FrameReference, RunRecord, run_configuration, unavailable_reason
 
@@ -195,15 +195,9 @@ def ratios(summary: list[dict], isolated: dict, encode_only: dict | None) -> dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-        report = run(args)
-    except GpucompError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    print(reports.markdown(report))
-    print(f"reports written to {report['output']}")
-    return 0
+    def bench():
+        report = run(build_parser().parse_args(argv))
+        print(reports.markdown(report))
+        print(f"reports written to {report['output']}")
+        return 0
+    return guarded(bench)

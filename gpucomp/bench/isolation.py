@@ -49,12 +49,13 @@ def _thread_counts(cores: int) -> list[int]:
 
 def cpu_composite(backend, count: int, repeats: int, cores: int) -> list[dict]:
     """Frames/s of the CPU composite with 1, 2, 4 .. all threads."""
-    cache, placements = backend.cache, backend.dataset.placements
+    ring, placements = backend.frames, backend.dataset.placements
     preds = fixed_predictions(min(count, COMPOSITE_BATCH))
-    frame_bytes = cache.full[0].nbytes
+    frame_bytes = ring.full[0].nbytes
 
     def one(p):
-        return composite_frame(cache.full[p], cache.crops[p], preds[p % len(preds)], placements[cache.indices[p]])
+        s = ring.slot(p)
+        return composite_frame(ring.full[s], ring.crops[s], preds[p % len(preds)], placements[ring.indices[p]])
 
     rows = []
     for threads in _thread_counts(cores):

@@ -7,6 +7,8 @@ import platform
 import socket
 from importlib import metadata
 
+from ..resources import total_memory
+
 PACKAGES = ("gpucomp", "numpy", "opencv-python-headless", "onnxruntime-gpu", "onnxruntime", "onnx", "cupy-cuda13x",
             "nvidia-ml-py", "av", "fpng", "tqdm", "matplotlib")
 
@@ -20,17 +22,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def total_memory() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def versions() -> dict[str, str]:

@@ -45,7 +45,7 @@ def markdown(report: dict) -> str:
     lines = [f"# gpucomp benchmark, {report['created']}", "",
              f"- machine: {m['cpu']}, {m['cores']} cores, {(m['ram_bytes'] or 0) / 2**30:.0f} GiB RAM, host {m['host']}",
              f"- GPU: {gpu['name'] + ', driver ' + gpu['driver'] if gpu else 'unavailable: ' + str(m['gpu_unavailable'])}",
-             f"- versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
+             "- versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
              f"- data: {cfg['data']} ({cfg['frames']} frames {cfg['size']}), model: {cfg['model']}",
              f"- command: `{' '.join(report['command'])}`", "",
              "## End to end", "",
@@ -228,3 +228,12 @@ def plots(report: dict, out: Path, sampler=None) -> list[str]:
 
 def write_json(report: dict, path: Path):
     path.write_text(json.dumps(report, indent=2, default=str))
+
+
+def write_result(folder: Path | None, stem: str, data: dict, lines: list[str]):
+    """Print a result's Markdown lines and, given a folder, keep them and the data as <stem>.md / <stem>.json."""
+    print("\n".join(lines))
+    if folder:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(data, folder / f"{stem}.json")
+        (folder / f"{stem}.md").write_text("\n".join(lines) + "\n")

@@ -1,0 +1,172 @@
+"""Decoded frames for a render: all of them, or a bounded ring filled ahead.
+
+Position p (0..n-1, dataset frame indices[p]) lives in slot p % slots of
+`full` [slots, H, W, 3] and `crops` [slots, 328, 328, 3]. With slots == n
+every frame is decoded before rendering starts (a preload); with fewer, a
+background thread decodes ahead into slots whose frames have been released, so
+memory stays within the budget however long the video. The slots live where
+`memory` allocates them: host RAM for the cpu backend, VRAM for the GPU engine.
+
+Rules: `acquire(positions)` blocks until those frames are decoded (and
+uploaded); `release(positions)` says they will not be read again. Slots are
+reused only after every earlier position has been released. One thread
+acquires and releases (the pipeline's); the decode thread only writes slots
+that nobody can read.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from .contract import CROP_SIZE
+from .dataset import PRELOAD_MEMORY_SHARE, ChunkDecoder, Dataset
+from .errors import ResourceError
+from .resources import available_memory, format_bytes
+
+DECODE_CHUNK = 16  # frames decoded (and uploaded) per step
+
+
+class HostMemory:
+    """Slots in host RAM (NumPy): decoding writes straight into them."""
+
+    def empty(self, shape, dtype):
+        return np.empty(shape, dtype)
+
+    def staging(self, dest, name):
+        return dest
+
+    def commit(self, dest, staged):
+        if staged is not dest:
+            np.copyto(dest, staged)
+
+
+def ring_slots(count: int, frame_bytes: int, budget: int, batch: int, what: str, memory_kind: str | None = None) -> int:
+    """Slots for `count` frames within `budget` bytes: all of them when they
+    fit, else a ring big enough for the batches in flight and the decode-ahead.
+
+    `memory_kind` names the memory when the budget is what is free of it (no
+    --cache-budget given)."""
+    if count * frame_bytes <= budget:
+        return count
+    minimum = 3 * batch + 2 * DECODE_CHUNK
+    slots = budget // frame_bytes
+    if slots < minimum:
+        need = f"streaming with --batch {batch} needs room for {minimum} ({format_bytes(minimum * frame_bytes)})"
+        if memory_kind is None:
+            raise ResourceError(f"{what}: --cache-budget {format_bytes(budget)} holds {slots} frames; {need}; "
+                                f"raise --cache-budget or lower --batch")
+        raise ResourceError(f"{what}: only {format_bytes(budget)} of {memory_kind} is free for frames ({slots} "
+                            f"frames); {need}; free some memory or lower --batch")
+    return slots
+
+
+class FrameRing:
+    def __init__(self, memory, dataset: Dataset, indices: range, slots: int, progress=None):
+        self.dataset = dataset
+        self.indices = indices
+        self.count = len(indices)
+        self.slots = min(slots, self.count)
+        self.memory = memory
+        self.full = memory.empty((self.slots, dataset.height, dataset.width, 3), np.uint8)
+        self.crops = memory.empty((self.slots, CROP_SIZE, CROP_SIZE, 3), np.uint8)
+        self._decoder = ChunkDecoder(dataset, indices)
+        self._cond = threading.Condition()
+        self._decoded = 0                 # positions [0, decoded) are in their slots
+        self._released = np.zeros(self.count, bool)
+        self._free_below = 0              # every position below this is released
+        self._error: BaseException | None = None
+        self._stop = False
+        self._thread = None
+        if self.streaming:
+            self._thread = threading.Thread(target=self._decode_ahead, name="decode-ahead", daemon=True)
+            self._thread.start()
+        else:
+            try:
+                while self._decoded < self.count:
+                    self._decode_next(min(DECODE_CHUNK, self.count - self._decoded))
+                    if progress:
+                        progress(self._decoded)
+            finally:
+                self._decoder.close()
+
+    @property
+    def streaming(self) -> bool:
+        return self.slots < self.count
+
+    def slot(self, position: int) -> int:
+        return position % self.slots
+
+    def _decode_next(self, count: int):
+        first = self._decoded
+        lo = first % self.slots
+        full, crops = self.full[lo : lo + count], self.crops[lo : lo + count]
+        staged_full, staged_crops = self.memory.staging(full, "full"), self.memory.staging(crops, "crops")
+        self._decoder.read_into(staged_full, staged_crops)
+        self.memory.commit(full, staged_full)
+        self.memory.commit(crops, staged_crops)
+        with self._cond:
+            self._decoded = first + count
+            self._cond.notify_all()
+
+    def _decode_ahead(self):
+        try:
+            while self._decoded < self.count:
+                with self._cond:
+                    # Next chunk: stop at the ring's end (slots stay contiguous) and
+                    # only into slots whose previous frames are all released.
+                    while not self._stop and self._decoded - self._free_below >= self.slots:
+                        self._cond.wait()
+                    if self._stop:
+                        return
+                    room = self.slots - (self._decoded - self._free_below)
+                    count = min(DECODE_CHUNK, self.count - self._decoded, room,
+                                self.slots - self._decoded % self.slots)
+                self._decode_next(count)
+        except BaseException as exc:  # raised in the rendering thread by acquire()
+            with self._cond:
+                self._error = exc
+                self._cond.notify_all()
+        finally:
+            self._decoder.close()
+
+    def acquire(self, positions: range):
+        if not self.streaming:
+            return
+        if positions.stop - self._free_below > self.slots:
+            raise RuntimeError("more frames in flight than the ring holds")  # ring_slots prevents it
+        with self._cond:
+            while self._decoded < positions.stop and self._error is None:
+                self._cond.wait()
+            if self._error is not None and self._decoded < positions.stop:
+                raise self._error
+
+    def release(self, positions: range):
+        if not self.streaming:
+            return
+        with self._cond:
+            self._released[positions.start : positions.stop] = True
+            while self._free_below < self.count and self._released[self._free_below]:
+                self._free_below += 1
+            self._cond.notify_all()
+
+    def close(self):
+        if self._thread is not None:
+            with self._cond:
+                self._stop = True
+                self._cond.notify_all()
+            self._thread.join()
+            self._thread = None
+
+
+def preload(dataset: Dataset, indices: range, progress=None) -> FrameRing:
+    """Every frame of `indices` decoded into RAM, or a ResourceError (suggesting
+    --start/--frames) before allocating when they would not fit."""
+    need = len(indices) * dataset.frame_bytes()
+    available = available_memory()
+    if need > PRELOAD_MEMORY_SHARE * available:
+        raise ResourceError(
+            f"preloading {len(indices)} frames needs {format_bytes(need)} of RAM but only "
+            f"{format_bytes(available)} is available; render a part with --start/--frames")
+    return FrameRing(HostMemory(), dataset, indices, len(indices), progress)

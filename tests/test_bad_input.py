@@ -1,0 +1,133 @@
+"""The bad-input corpus: each case exits 2 with one specific `error:` line, no
+traceback, and writes no frame."""
+
+
+import numpy as np
+import onnx
+import pytest
+
+from gpucomp import cli
+
+from .test_dataset import _rects, _set_rect, _set_rects, _truncate, _write_video
+from .test_model import BAD_MODELS
+
+
+
+def _bad_model(name):
+    def setup(case):
+        path = case["tmp"] / "bad.onnx"
+        onnx.save(BAD_MODELS[name][0], path)
+        case["model"] = path
+    return setup
+
+
+def _data(fn):
+    return lambda case: fn(case["data"])
+
+
+def _features(array):
+    return _data(lambda d: np.save(d / "aud_ave.npy", array))
+
+
+def _truncated_frames(d):
+    """Rewrite the full video with its index first (faststart), then cut it in
+    the middle of the frame data: it opens and reports 24 frames, but decoding
+    stops part way."""
+    import av
+    import cv2
+
+    src = cv2.VideoCapture(str(d / "full_body_video.mp4"))
+    path = d / "full_body_video.mp4"
+    frames = [src.read()[1] for _ in range(24)]
+    src.release()
+    with av.open(str(path), "w", format="mp4", options={"movflags": "faststart"}) as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 1280, 720, "yuv420p"
+        for f in frames:
+            for packet in s.encode(av.VideoFrame.from_ndarray(f, format="bgr24")):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
+    _truncate(path, 0.6)
+
+
+def _args(*extra):
+    return lambda case: case["args"].extend(extra)
+
+
+CORPUS = {
+    # videos
+    "missing video": (_data(lambda d: (d / "full_body_video.mp4").unlink()), "full_body_video.mp4: file not found"),
+    "empty video": (_data(lambda d: (d / "full_body_video.mp4").write_bytes(b"")), "full_body_video.mp4: file is empty"),
+    "corrupt video": (_data(lambda d: (d / "crops_328_video.mp4").write_bytes(b"\x00\x01junk" * 999)),
+                      "crops_328_video.mp4: cannot be opened as a video"),
+    "truncated video, index lost": (_data(lambda d: _truncate(d / "full_body_video.mp4", 0.5)),
+                                    "full_body_video.mp4: cannot be opened as a video"),
+    "truncated video, frames lost": (_data(_truncated_frames),
+                                     "could not be decoded (the file is truncated or corrupt; it reports 24 frames)"),
+    "video shorter than rectangles": (_data(lambda d: _write_video(d / "full_body_video.mp4", 20, (1280, 720))),
+                                      "full_body_video.mp4: has 20 frames but crop_rectangles.json has 24"),
+    "crops of the wrong size": (_data(lambda d: _write_video(d / "crops_328_video.mp4", 24, (256, 256))),
+                                "crops are 256x256, expected 328x328"),
+    # rectangles
+    "no rectangles file": (_data(lambda d: (d / "crop_rectangles.json").unlink()), "no crop_rectangles.json"),
+    "malformed JSON": (_data(lambda d: (d / "crop_rectangles.json").write_text("{\"0\": ")), "not valid JSON"),
+    "JSON not an object": (_data(lambda d: (d / "crop_rectangles.json").write_text("42")), "expected an object"),
+    "key 'rect' missing": (_data(lambda d: _set_rects(d, {**_rects(d), "3": {"box": [1, 2, 3, 4]}})),
+                           "frame 3: missing key 'rect'"),
+    "frame missing": (_data(lambda d: _set_rects(d, {k: v for k, v in _rects(d).items() if k != "9"})),
+                      "frame 9 has no rectangle"),
+    "non-integer rectangle": (_data(lambda d: _set_rect(d, 4, [500.5, 300, 680, 480])), "500.5 is not an integer"),
+    "text rectangle": (_data(lambda d: _set_rect(d, 4, ["500", 300, 680, 480])), "'500' is not an integer"),
+    "negative rectangle": (_data(lambda d: _set_rect(d, 2, [-5, 300, 175, 480])), "[-5, 300, 175, 480] reaches outside"),
+    "inverted rectangle": (_data(lambda d: _set_rect(d, 8, [680, 300, 500, 480])), "is inverted"),
+    "zero-size rectangle": (_data(lambda d: _set_rect(d, 7, [500, 300, 680, 300])), "is empty"),
+    "rectangle outside": (_data(lambda d: _set_rect(d, 9, [1200, 300, 1380, 480])), "reaches outside the 1280x720 frame"),
+    "rectangle of 3 numbers": (_data(lambda d: _set_rect(d, 1, [1, 2, 3])), "rectangle must be [x1, y1, x2, y2]"),
+    # features
+    "features with NaN": (_features(np.full((23, 512), np.nan, np.float32)), "aud_ave.npy: row 0 holds NaN or infinity"),
+    "features with inf": (_features(np.where(np.arange(23)[:, None] == 5, np.inf, np.ones((23, 512))).astype(np.float32)),
+                          "row 5 holds NaN or infinity"),
+    "features of the wrong shape": (_features(np.zeros((23, 256), np.float32)), "must have shape (M, 512), got (23, 256)"),
+    "features in 1-D": (_features(np.zeros(512, np.float32)), "must have shape (M, 512), got (512,)"),
+    "features not numbers": (_features(np.array(["a"] * 512).reshape(1, 512)), "features must be real numbers"),
+    "features not npy": (_data(lambda d: (d / "aud_ave.npy").write_bytes(b"not numpy")), "not a readable .npy array"),
+    # models
+    "model inputs break the contract": (_bad_model("visual 3 channels"), "inputs must be visual [B,6,320,320]"),
+    "model output breaks the contract": (_bad_model("output 256"), "expected one output [B,3,320,320]"),
+    "model with one input": (_bad_model("one input"), "expected 2 inputs"),
+    "model not ONNX": (lambda c: ((c["tmp"] / "m.onnx").write_text("hello"), c.update(model=c["tmp"] / "m.onnx")),
+                       "not a usable ONNX model"),
+    "model missing": (lambda c: c.update(model=c["tmp"] / "none.onnx"), "model file not found"),
+    # output and options
+    "output cannot be written": (lambda c: ((c["tmp"] / "f").write_text("x"), c.update(out=c["tmp"] / "f" / "o")),
+                                 "cannot write there"),
+    "--start beyond the end": (_args("--start", "24"), "--start 24 is beyond the last frame"),
+    "--frames beyond the end": (_args("--start", "20", "--frames", "5"), "runs past the end"),
+    "absurd --batch": (_args("--batch", "100000"), "argument --batch: 100000 is outside 1..256"),
+    "absurd --workers": (_args("--workers", "0"), "argument --workers: 0 is outside 1..256"),
+    "--cache-budget not a size": (_args("--cache-budget", "lots"), "'lots' is not a size"),
+    "--resume of a video": (_args("--resume", "--format", "mp4"), "--resume works with png and jpg"),
+}
+
+
+@pytest.mark.parametrize("name", list(CORPUS))
+def test_bad_input(name, data, tiny_model, tmp_path, capsys):
+    setup, message = CORPUS[name]
+    case = {"data": data, "model": tiny_model, "tmp": tmp_path, "out": tmp_path / "out", "args": []}
+    setup(case)
+    out = case["out"]
+    if "--format" in case["args"]:
+        out = tmp_path / "out.mp4"
+    code = cli.main(["render", "--data", str(case["data"]), "--model", str(case["model"]), "--output", str(out),
+                     "--backend", "cpu", "--quiet", *case["args"]])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert message in err[0], err[0]
+    assert "Traceback" not in err[0]
+    assert not (out.is_dir() and list(out.glob("frame_*")))  # nothing was written
+
+
+def test_corpus_is_large_enough():
+    assert len(CORPUS) >= 25
