@@ -100,8 +100,9 @@ def add_render_options(p: argparse.ArgumentParser):
     p.add_argument("--cuda-graph", action="store_true",
                    help="gpu: capture inference as a CUDA graph per batch shape and replay it")
     p.add_argument("--cache-budget", type=_size, default=None,
-                   help="memory the decoded frames may take (RAM for cpu, VRAM for gpu), e.g. 2G; longer videos "
-                        "are decoded ahead into a ring of that size (default: what is free)")
+                   help="memory for frames, e.g. 2G: the decoded cache plus finished frames in flight (RAM for "
+                        "cpu; VRAM for gpu, ONNX Runtime's own memory aside). Videos that do not fit are decoded "
+                        "ahead into a ring (default: what is free)")
     p.add_argument("--resume", action="store_true",
                    help="png/jpg: keep the frames already complete in --output and render only the rest")
     p.add_argument("--clip-rects", action="store_true",

@@ -42,24 +42,36 @@ class HostMemory:
             np.copyto(dest, staged)
 
 
-def ring_slots(count: int, frame_bytes: int, budget: int, batch: int, what: str, memory_kind: str | None = None) -> int:
-    """Slots for `count` frames within `budget` bytes: all of them when they
-    fit, else a ring big enough for the batches in flight and the decode-ahead.
+def ring_slots(count: int, frame_bytes: int, budget: int, batch: int, what: str, memory_kind: str | None = None,
+               *, reserved: int = 0) -> int:
+    """Slots for `count` frames within `budget` bytes, of which `reserved` go
+    to frames beyond the cache (finished frames in flight, encoder scratch):
+    all of them when they fit, else a ring big enough for the batches in
+    flight and the decode-ahead.
 
     `memory_kind` names the memory when the budget is what is free of it (no
     --cache-budget given)."""
-    if count * frame_bytes <= budget:
+    room = max(0, budget - reserved)
+    if count * frame_bytes <= room:
         return count
     minimum = 3 * batch + 2 * DECODE_CHUNK
-    slots = budget // frame_bytes
+    slots = room // frame_bytes
     if slots < minimum:
-        need = f"streaming with --batch {batch} needs room for {minimum} ({format_bytes(minimum * frame_bytes)})"
+        need = (f"streaming with --batch {batch} needs room for {minimum} cached frames "
+                f"({format_bytes(minimum * frame_bytes + reserved)} in all)")
+        after = f" after {format_bytes(reserved)} for frames in flight" if reserved else ""
         if memory_kind is None:
-            raise ResourceError(f"{what}: --cache-budget {format_bytes(budget)} holds {slots} frames; {need}; "
-                                f"raise --cache-budget or lower --batch")
-        raise ResourceError(f"{what}: only {format_bytes(budget)} of {memory_kind} is free for frames ({slots} "
-                            f"frames); {need}; free some memory or lower --batch")
+            raise ResourceError(f"{what}: --cache-budget {format_bytes(budget)} leaves room for {slots} cached "
+                                f"frames{after}; {need}; raise --cache-budget or lower --batch")
+        raise ResourceError(f"{what}: only {format_bytes(budget)} of {memory_kind} is free, room for {slots} cached "
+                            f"frames{after}; {need}; free some memory or lower --batch")
     return slots
+
+
+def in_flight_bytes(batch: int, workers: int, batches_in_flight: int, out_frame_bytes: int) -> int:
+    """Host memory of finished frames the pipeline holds at most: every batch
+    not yet saved, plus the encoders' working copies (about two frames each)."""
+    return (batches_in_flight * batch + 2 * workers) * out_frame_bytes
 
 
 class FrameRing:

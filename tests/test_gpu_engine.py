@@ -71,8 +71,8 @@ def test_cache_that_does_not_fit_is_refused(small_dataset, tiny_model, tmp_path,
                      str(tmp_path / "o"), "--backend", "gpu-sim", "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
-    assert err[0].startswith("error: caching 24 frames of 1280x720: only ")
-    assert "is free for frames" in err[0] and "needs room for 44" in err[0]
+    assert err[0].startswith("error: caching 24 frames of 1280x720: only 50.0 MiB of RAM")
+    assert "needs room for 44 cached frames" in err[0] and "free some memory or lower --batch" in err[0]
 
 
 @gpu

@@ -35,8 +35,16 @@ def assert_same(a, b):
 
 @pytest.mark.parametrize("backend", ["cpu", "gpu-sim"])
 def test_streaming_ring_equals_full_preload(long_dataset, tiny_model, tmp_path, backend):
-    # 42 slots for 64 frames: the ring wraps, and batches of 3 straddle its end.
-    budget = 42 * FRAME_BYTES
+    from gpucomp.backends import RenderSettings, create
+    from gpucomp.dataset import Dataset
+    from gpucomp.telemetry import StageStats
+
+    budget = 60 * FRAME_BYTES  # after the frames in flight, a ring of fewer than 64 slots
+    ds = Dataset.open(long_dataset)
+    with create(backend, ds, tiny_model, RenderSettings(batch=3, cache_budget=budget), StageStats()) as b:
+        b.prepare(ds.select())
+        ring = b.frames if backend == "cpu" else b.ring
+        assert ring.streaming and 41 <= ring.slots < 64 and 64 % ring.slots  # it wraps, batches straddle its end
     assert render(long_dataset, tiny_model, tmp_path / "ring", "--backend", backend, "--batch", "3",
                   "--cache-budget", budget) == 0
     assert render(long_dataset, tiny_model, tmp_path / "all", "--backend", backend, "--batch", "3") == 0
@@ -47,7 +55,7 @@ def test_streaming_ring_equals_full_preload(long_dataset, tiny_model, tmp_path, 
 def test_budget_too_small_for_streaming(long_dataset, tiny_model, tmp_path, capsys):
     assert render(long_dataset, tiny_model, tmp_path / "o", "--backend", "cpu", "--cache-budget", "50M") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--cache-budget 50.0 MiB holds 16 frames" in err[0]
+    assert len(err) == 1 and "--cache-budget 50.0 MiB leaves room for 0 cached frames after 52.7 MiB" in err[0]
     assert "raise --cache-budget or lower --batch" in err[0]
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from ..contract import ROI_OFFSET, ROI_SIZE, Placement, audio_input, feather_alpha, feather_blend, \
     prediction_to_u8, visual_input
 from ..dataset import PRELOAD_MEMORY_SHARE
-from ..framecache import FrameRing, HostMemory, ring_slots
+from ..framecache import FrameRing, HostMemory, in_flight_bytes, ring_slots
 from ..model import ModelSession
 from ..resources import available_memory
 from ..telemetry import Timer
@@ -69,8 +69,10 @@ class CpuBackend(Backend):
         budget, kind = self.settings.cache_budget, None
         if budget is None:
             budget, kind = int(PRELOAD_MEMORY_SHARE * available_memory()), "RAM"
-        slots = ring_slots(len(indices), ds.frame_bytes(), budget, self.settings.batch,
-                           f"caching {len(indices)} frames of {ds.width}x{ds.height}", kind)
+        batch = min(self.settings.batch, len(indices))
+        reserved = in_flight_bytes(batch, self.settings.workers, self.max_in_flight, ds.width * ds.height * 3)
+        slots = ring_slots(len(indices), ds.frame_bytes(), budget, batch,
+                           f"caching {len(indices)} frames of {ds.width}x{ds.height}", kind, reserved=reserved)
         self.indices = indices
         self.frames = FrameRing(HostMemory(), ds, indices, slots, progress)
         for size in batch_sizes(len(indices), self.settings.batch):

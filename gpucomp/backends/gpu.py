@@ -85,12 +85,12 @@ class GpuBackend(Backend):
     # -- set-up -------------------------------------------------------------
 
     def _working_bytes(self, batch: int) -> int:
-        """Device memory besides the frame cache: buffers, output ring, ONNX Runtime's share."""
+        """Device memory besides the frame cache: model buffers and the output ring
+        (ONNX Runtime's own share, ORT_RESERVE_BYTES, comes on top on a GPU)."""
         ds = self.dataset
         work = batch * 4 * (int(np.prod(VISUAL_SHAPE)) + int(np.prod(AUDIO_SHAPE)) + int(np.prod(PRED_SHAPE)))
         ring = self.max_in_flight * batch * ds.width * ds.height * 3
-        reserve = ORT_RESERVE_BYTES if isinstance(self.device, CudaDevice) else 0
-        return ds.features.nbytes + work + ring + reserve
+        return ds.features.nbytes + work + ring
 
     def prepare(self, indices: range, progress=None):
         ds, dev = self.dataset, self.device
@@ -100,12 +100,14 @@ class GpuBackend(Backend):
         if frame_bytes >= 2**31:
             raise ResourceError(f"frames of {ds.width}x{ds.height} are too large for the kernels (2 GiB per frame)")
         working = self._working_bytes(batch)
-        budget, kind = self.settings.cache_budget, None
+        ort_reserve = ORT_RESERVE_BYTES if isinstance(dev, CudaDevice) else 0
+        budget, kind = self.settings.cache_budget, None  # covers the cache and `working`
         if budget is None:
-            budget, kind = max(0, dev.free_memory() - working), dev.memory_kind
+            budget, kind = max(0, dev.free_memory() - ort_reserve), dev.memory_kind
         what = f"caching {n} frames of {ds.width}x{ds.height}"
-        slots = ring_slots(n, ds.frame_bytes(), budget, batch, what, kind)
-        dev.check_memory(slots * ds.frame_bytes() + working, what if slots == n else f"{what} ({slots} at a time)")
+        slots = ring_slots(n, ds.frame_bytes(), budget, batch, what, kind, reserved=working)
+        dev.check_memory(slots * ds.frame_bytes() + working + ort_reserve,
+                         what if slots == n else f"{what} ({slots} at a time)")
         self.indices = indices
         self.ring = FrameRing(dev, ds, indices, slots, progress)
         self.full, self.crops, self.slots = self.ring.full, self.ring.crops, self.ring.slots
