@@ -117,9 +117,10 @@ def test_full_disk_mid_run(small_dataset, tiny_model, tmp_path, monkeypatch, cap
 def test_model_failing_mid_run(small_dataset, tiny_model, tmp_path, monkeypatch, capsys, backend, method):
     from gpucomp.errors import ModelError
     from gpucomp.model import ModelSession
+    from gpucomp.model.session import WARM_UP_RUNS
 
     real, calls = getattr(ModelSession, method), {"n": 0}
-    warm_ups = 1  # the batch shape's warm-up run comes first
+    warm_ups = WARM_UP_RUNS  # the batch shape's warm-up runs come first
 
     def failing(self, *args):
         calls["n"] += 1

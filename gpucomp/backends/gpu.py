@@ -13,8 +13,11 @@ With `simulate=True` the same class runs on SimDevice (NumPy, ONNX Runtime on
 the CPU, the host build of the kernels): that is the gpu-sim backend.
 
 Thread rule: `prepare`, `submit` and the pending batches' `wait` run on the
-pipeline's thread only; the encoder threads only read host ring slots that
-`wait` has handed out, until `release`.
+pipeline's thread only, which alone touches the session, its bindings and the
+device buffers; the encoder threads only read host ring slots that `wait` has
+handed out, and the last one to finish a batch calls `release`, which returns
+the slot with one list append (atomic under the GIL). The decode-ahead thread
+writes only cache slots the ring has freed.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from ..errors import BackendUnavailable, ModelError, ResourceError
 from ..framecache import FrameRing, ring_slots
 from ..kernel_layout import pack_frames
 from ..model import ModelSession
+from ..model.session import WARM_UP_RUNS
 from .base import Backend, PendingBatch, batch_sizes
 from .devices import CudaDevice, SimDevice
 
@@ -126,10 +130,11 @@ class GpuBackend(Backend):
         # One captured CUDA graph per batch shape (ONNX Runtime's gpu_graph_id).
         self.run_options = {size: self.device.run_options(size if self.cuda_graph else None)
                             for size in self.bindings}
-        # First runs of each shape, untimed: allocation and cuDNN algorithm search;
-        # with CUDA graphs ONNX Runtime captures only after a regular run, so run twice more.
+        # First runs of each shape, untimed: allocation, cuDNN algorithm search,
+        # thread pools settling; with CUDA graphs ONNX Runtime captures only
+        # after a regular run, which these runs also cover.
         for size in self.bindings:
-            for _ in range(3 if self.cuda_graph else 1):
+            for _ in range(WARM_UP_RUNS):
                 pending = self._launch(range(size), timed=False)
                 pending.wait()
                 pending.release()
