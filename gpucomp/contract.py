@@ -171,11 +171,6 @@ def axis_table(src: int, dst: int, axis: str) -> np.ndarray:
     return table
 
 
-def resize_tables(width: int, height: int, src: int = CROP_SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """(x table, y table) for resizing a src x src template to width x height."""
-    return axis_table(src, width, "x"), axis_table(src, height, "y")
-
-
 # ------------------------------------------------------------------- model inputs
 
 

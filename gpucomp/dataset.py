@@ -194,10 +194,3 @@ class ChunkDecoder:
     def close(self):
         for reader in self.readers:
             reader.close()
-
-
-def describe(dataset: Dataset) -> str:
-    m = dataset.features.shape[0]
-    return (f"{dataset.root}: {dataset.frames} frames {dataset.width}x{dataset.height} at {dataset.fps:g} fps, "
-            f"{m} feature rows, audio {'yes' if dataset.audio_path else 'none'}")
-

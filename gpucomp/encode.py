@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -134,7 +134,6 @@ class ImageSequenceSink:
         self.jpeg_quality = jpeg_quality
         self.written = 0
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="encode")
-        self._futures: set[Future] = set()
         self._lock = threading.Lock()
         self._error: BaseException | None = None
 
@@ -160,14 +159,7 @@ class ImageSequenceSink:
             done(ok)
 
     def submit(self, index: int, frame: np.ndarray, done):
-        future = self._pool.submit(self._write, index, frame, done)
-        with self._lock:
-            self._futures.add(future)
-        future.add_done_callback(self._forget)
-
-    def _forget(self, future: Future):
-        with self._lock:
-            self._futures.discard(future)
+        self._pool.submit(self._write, index, frame, done)
 
     def check(self):
         """Raise the first write failure, as an OutputError naming the cause."""
@@ -186,10 +178,6 @@ class ImageSequenceSink:
 
     def abort(self):
         """Drop frames not started yet; frames being written are finished."""
-        with self._lock:
-            pending = list(self._futures)
-        for future in pending:
-            future.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 

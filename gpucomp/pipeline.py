@@ -40,14 +40,12 @@ class _BatchHandover:
         self.window = window
         self.progress = progress
         self.keep = keep
-        self.saved = 0
         self._left = sum(i not in keep for i in pending.indices)
         self._lock = threading.Lock()
 
     def frame_done(self, ok: bool):
         with self._lock:
             self._left -= 1
-            self.saved += ok
             last = self._left == 0
         if ok and self.progress:
             self.progress.advance(1)

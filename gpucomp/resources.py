@@ -28,8 +28,10 @@ def total_memory() -> int | None:
 
 
 def format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    """1536 -> '1.5 KiB'; GiB is the largest unit."""
+    if abs(n) < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KiB", "MiB", "GiB"):
         n /= 1024
-    return f"{n:.1f} GiB"
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}"
