@@ -12,6 +12,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from .atomic import write_atomic
+
 # Bump when the generator changes what it writes, so stale caches are not reused.
 SYNTH_VERSION = 1
 MODEL_VERSION = 2
@@ -52,19 +54,12 @@ def demo_dataset(frames: int = 100, seed: int = 0, quiet: bool = False) -> Path:
 
 
 def _cached_model(name: str, build, message: str, quiet: bool) -> Path:
-    import onnx
-
     final = cache_dir() / "models" / name
     if final.is_file():
         return final
     _say(message.format(final), quiet)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-    try:
-        onnx.save(build(), str(tmp))
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(final, build().SerializeToString())
     return final
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from .errors import OutputError
 from .png import encode_png
 from .telemetry import StageStats, Timer
-from .videoio import temporary_path
+from .atomic import ensure_writable, write_atomic
 
 IMAGE_FORMATS = ("png", "jpg")
 JPEG_QUALITY = 95
@@ -36,18 +36,6 @@ def encode_jpeg(bgr: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
 
 def frame_name(index: int, fmt: str) -> str:
     return f"frame_{index:05d}.{fmt}"
-
-
-def write_atomic(path: Path, data: bytes):
-    """Write `data` to `path` so that `path` either does not exist or is complete."""
-    tmp = temporary_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # an empty IEND chunk and its CRC
@@ -103,13 +91,7 @@ def prepare_output_dir(path: Path) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{path}: exists and is not a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = temporary_path(path / ".write-check")
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write there ({exc.strerror or exc})") from None
+    ensure_writable(path, path)
     return path
 
 

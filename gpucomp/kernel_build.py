@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import AtomicTarget
 from .errors import BackendUnavailable
 
 # IEEE arithmetic, no contraction into FMA: the host must compute what the device computes.
@@ -66,19 +67,19 @@ def host_library_path() -> Path:
     for path in sources():
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     digest.update(" ".join((cc,) + HOST_CFLAGS).encode())
-    target = cache_dir() / "hostkernels" / f"gpucomp_host_{digest.hexdigest()[:20]}.so"
+    library = cache_dir() / "hostkernels" / f"gpucomp_host_{digest.hexdigest()[:20]}.so"
     with _host_lock:
-        if target.is_file():
-            return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        cmd = [cc, *HOST_CFLAGS, "-I", str(source_dir()), str(source_dir() / "host.c"), "-o", str(tmp)]
+        if library.is_file():
+            return library
+        library.parent.mkdir(parents=True, exist_ok=True)
+        target = AtomicTarget(library)
+        cmd = [cc, *HOST_CFLAGS, "-I", str(source_dir()), str(source_dir() / "host.c"), "-o", str(target.path)]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
-            tmp.unlink(missing_ok=True)
+            target.discard()
             raise BackendUnavailable(f"building the host kernels failed: {result.stderr.strip().splitlines()[:1]}")
-        os.replace(tmp, target)
-    return target
+        target.commit()
+    return library
 
 
 _u8p = np.ctypeslib.ndpointer(np.uint8, flags="C_CONTIGUOUS")

@@ -11,8 +11,8 @@ to 328x328.
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +20,8 @@ import cv2
 import numpy as np
 
 from .contract import CROP_SIZE, FEATURE_DIM
-from .videoio import H264Writer, temporary_path
+from .atomic import write_atomic
+from .videoio import H264Writer
 
 WIDTH, HEIGHT, FPS = 1280, 720, 25
 SAMPLE_RATE = 16000
@@ -173,20 +174,13 @@ def write_dataset(output: Path, frames: int = 100, seed: int = 0, progress=None,
                 progress(i + 1)
 
     rects = {str(i): {"rect": [int(v) for v in script.rects[i]]} for i in range(frames)}
-    _write_atomic(output / "crop_rectangles.json", json.dumps(rects, indent=1).encode())
-    _save_npy_atomic(output / "aud_ave.npy", script.features)
-    _save_npy_atomic(output / "audio_16k.npy", script.audio)
+    write_atomic(output / "crop_rectangles.json", json.dumps(rects, indent=1).encode())
+    write_atomic(output / "aud_ave.npy", _npy_bytes(script.features))
+    write_atomic(output / "audio_16k.npy", _npy_bytes(script.audio))
     return output
 
 
-def _write_atomic(path: Path, data: bytes):
-    tmp = temporary_path(path)
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _save_npy_atomic(path: Path, array: np.ndarray):
-    tmp = temporary_path(path)
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()

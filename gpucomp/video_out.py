@@ -21,7 +21,8 @@ import numpy as np
 
 from .errors import OutputError
 from .telemetry import StageStats, Timer
-from .videoio import H264Writer, is_special_file, nvenc_unavailable_reason, temporary_path
+from .atomic import AtomicTarget, ensure_writable, is_special_file
+from .videoio import H264Writer, nvenc_unavailable_reason
 
 VIDEO_FORMATS = ("mp4", "y4m", "raw")
 STDOUT = "-"
@@ -136,20 +137,18 @@ class StreamSink(OrderedSink):
     """Y4M (I420) or raw BGR24 frames to a file or to stdout."""
 
     def __init__(self, target: str | Path, fmt: str, width: int, height: int, fps: float, stats: StageStats):
-        if width % 2 or height % 2:
-            if fmt == "y4m":
-                raise OutputError(f"y4m output needs even frame sizes (4:2:0), got {width}x{height}; use raw")
+        if fmt == "y4m" and (width % 2 or height % 2):
+            raise OutputError(f"y4m output needs even frame sizes (4:2:0), got {width}x{height}; use raw")
         self.fmt = fmt
         self.to_stdout = str(target) == STDOUT
         if self.to_stdout:
             self._out = sys.stdout.buffer
-            self._tmp = self.path = None
+            self._target = None
             label = "stdout"
         else:
-            self.path = _check_file_target(Path(target), fmt)
-            self._tmp = self.path if is_special_file(self.path) else temporary_path(self.path)
-            self._out = open(self._tmp, "wb")
-            label = str(self.path)
+            self._target = AtomicTarget(_check_file_target(Path(target), fmt))
+            self._out = open(self._target.path, "wb")
+            label = str(self._target.final)
         self._header = y4m_header(width, height, fps) if fmt == "y4m" else b""
         super().__init__(stats, label)
 
@@ -167,8 +166,7 @@ class StreamSink(OrderedSink):
         self._out.flush()
         if not self.to_stdout:
             self._out.close()
-            if self._tmp != self.path:
-                os.replace(self._tmp, self.path)
+            self._target.commit()
 
     def _discard(self):
         if self.to_stdout:
@@ -178,8 +176,7 @@ class StreamSink(OrderedSink):
                 pass
             return
         self._out.close()
-        if self._tmp != self.path:
-            self._tmp.unlink(missing_ok=True)
+        self._target.discard()
 
 
 def _check_file_target(path: Path, fmt: str) -> Path:
@@ -190,13 +187,7 @@ def _check_file_target(path: Path, fmt: str) -> Path:
         if not os.access(path, os.W_OK):
             raise OutputError(f"{path}: cannot write there (permission denied)")
         return path
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        probe = temporary_path(path)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write there ({exc.strerror or exc})") from None
+    ensure_writable(path.parent, path)
     return path
 
 

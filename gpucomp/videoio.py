@@ -8,7 +8,6 @@ the K-th frame `cv2.VideoCapture(path).read()` returns.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
@@ -17,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .atomic import AtomicTarget
 from .errors import DatasetError
 
 
@@ -90,17 +90,6 @@ class FrameReader:
         self.close()
 
 
-def temporary_path(final: Path) -> Path:
-    """A hidden name beside `final` for writing before an atomic rename."""
-    return final.with_name(f".{final.name}.{os.getpid()}.tmp")
-
-
-def is_special_file(path: Path) -> bool:
-    """An existing target that is not a regular file (/dev/null, a FIFO): it is
-    written in place, never replaced by a rename."""
-    return path.exists() and not path.is_file() and not path.is_dir()
-
-
 # x264 preset names mapped to NVENC's p1 (fastest) .. p7 (best).
 NVENC_PRESETS = {"ultrafast": "p1", "superfast": "p1", "veryfast": "p2", "faster": "p3", "fast": "p4",
                  "medium": "p5", "slow": "p6", "slower": "p7", "veryslow": "p7"}
@@ -128,16 +117,16 @@ def nvenc_unavailable_reason() -> str | None:
 
 class H264Writer:
     """H.264 in MP4 through PyAV (libx264, or h264_nvenc), optionally with an
-    AAC voice track; written under a temporary name and renamed only by
-    `close()`, so a file with the final name is always complete."""
+    AAC voice track; finished files only (gpucomp.atomic): `close()` puts the
+    file in place, `abort()` removes it."""
 
     def __init__(self, path: Path, width: int, height: int, fps: float, *, crf: int = 18,
                  preset: str = "medium", threads: int = 0, encoder: str = "libx264", audio=None):
         import av  # PyAV loads FFmpeg; only writers need it
 
         self.path = Path(path)
-        self._tmp = self.path if is_special_file(self.path) else temporary_path(self.path)
-        self._container = av.open(str(self._tmp), mode="w", format="mp4")
+        self._target = AtomicTarget(self.path)
+        self._container = av.open(str(self._target.path), mode="w", format="mp4")
         self._stream = self._container.add_stream(encoder, rate=_fps_fraction(fps))
         self._stream.width, self._stream.height = width, height
         self._stream.pix_fmt = "yuv420p"
@@ -185,8 +174,7 @@ class H264Writer:
         if self._audio_stream is not None:
             self._mux_audio()
         self._container.close()
-        if self._tmp != self.path:
-            os.replace(self._tmp, self.path)
+        self._target.commit()
 
     def abort(self):
         try:
@@ -194,8 +182,7 @@ class H264Writer:
         except Exception:  # the container may be half-initialised; the file is deleted anyway
             pass
         finally:
-            if self._tmp != self.path:
-                self._tmp.unlink(missing_ok=True)
+            self._target.discard()
 
     def __enter__(self):
         return self

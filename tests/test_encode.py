@@ -1,7 +1,10 @@
 """Encoder pool: lossless PNG, atomic files, failures reported."""
 
 import errno
+import os
+import stat
 import threading
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -61,3 +64,28 @@ def test_full_disk_is_reported_with_what_was_written(tmp_path, monkeypatch):
         sink.close()
     assert results.count(True) == 3 and len(results) == 8
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [f"frame_{i:05d}.png" for i in range(3)]
+
+
+def test_atomic_target_renames_regular_files_and_writes_devices_in_place(tmp_path):
+    from gpucomp.atomic import AtomicTarget
+
+    regular = AtomicTarget(tmp_path / "out.mp4")
+    assert regular.path != regular.final and regular.path.name.startswith(".out.mp4.")
+    regular.path.write_bytes(b"x")
+    assert not regular.final.exists()
+    regular.commit()
+    assert regular.final.read_bytes() == b"x" and not regular.path.exists()
+    device = AtomicTarget(Path(os.devnull))
+    assert device.path == device.final
+    device.discard()  # never deletes the device
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+
+
+@pytest.mark.parametrize("fmt", ["raw", "mp4"])
+def test_render_to_dev_null_writes_in_place(small_dataset, tiny_model, fmt):
+    from gpucomp import cli
+
+    assert cli.main(["render", "--data", str(small_dataset), "--model", str(tiny_model), "--output", os.devnull,
+                     "--format", fmt, "--frames", "3", "--backend", "cpu", "--quiet", "--no-audio"]) == 0
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+    assert not list(Path("/dev").glob(".null.*.tmp"))

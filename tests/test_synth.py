@@ -51,3 +51,15 @@ def test_deterministic_per_seed(tmp_path):
     for f in ("full_body_video.mp4", "crops_328_video.mp4", "crop_rectangles.json", "aud_ave.npy", "audio_16k.npy"):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     assert (tmp_path / "a" / "aud_ave.npy").read_bytes() != (tmp_path / "c" / "aud_ave.npy").read_bytes()
+
+
+def test_other_sizes_and_bad_sizes(tmp_path, capsys):
+    assert cli.main(["synth", "--output", str(tmp_path / "s"), "--frames", "3", "--size", "640x360"]) == 0
+    ds = Dataset.open(tmp_path / "s")
+    assert (ds.width, ds.height) == (640, 360)
+    assert all(85 <= p.width <= 95 and p.vx2 <= 640 for p in ds.placements)  # faces scale with the frame
+    capsys.readouterr()
+    for bad in ("640", "641x360", "320x200", "axb"):
+        assert cli.main(["synth", "--output", str(tmp_path / "t"), "--size", bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: --size")

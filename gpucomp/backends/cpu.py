@@ -85,19 +85,16 @@ class CpuBackend(Backend):
             return ring.crops[lo:hi]
         return ring.crops[[ring.slot(p) for p in positions]]  # the batch wraps around the ring
 
-    def _infer(self, positions: range) -> np.ndarray:
+    def infer_only(self, positions: range) -> np.ndarray:
         indices = [self.frames.indices[p] for p in positions]
         self.frames.acquire(positions)
         visual = visual_input(self._crops(positions))
         return self.session.run(visual, audio_input(self.dataset.features, indices))
 
-    def infer_only(self, positions: range) -> np.ndarray:
-        return self._infer(positions)
-
     def submit(self, positions: range) -> PendingBatch:
         indices = [self.frames.indices[p] for p in positions]
         with Timer(self.stats, "inference", len(positions)):
-            pred = self._infer(positions)
+            pred = self.infer_only(positions)
         futures = [self._pool.submit(self._composite, p, pred[k]) for k, p in enumerate(positions)]
         return _CpuPending(indices, futures, lambda: self.frames.release(positions))
 

@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from ..contract import AUDIO_WINDOW, FEATURE_DIM, ROI_SIZE
+from ..dataset import PRELOAD_MEMORY_SHARE
 from ..errors import BackendUnavailable, ResourceError
 from ..framecache import HostMemory
 from ..resources import available_memory, format_bytes
@@ -139,7 +140,7 @@ class SimDevice(HostMemory, Device):
         return ["CPUExecutionProvider"]
 
     def free_memory(self) -> int:
-        return int(0.8 * available_memory())
+        return int(PRELOAD_MEMORY_SHARE * available_memory())
 
     def to_device(self, host):
         return np.array(host, copy=True, order="C")

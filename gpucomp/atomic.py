@@ -1,0 +1,65 @@
+"""Files that appear complete or not at all.
+
+A file is written under a hidden temporary name beside its final name and
+renamed into place when complete, so a file carrying a final name is always
+whole, after Ctrl-C, a crash or a full disk. An existing target that is not a
+regular file (/dev/null, a FIFO) is written in place: a rename would replace
+the device itself.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import OutputError
+
+
+def temporary_path(final: Path) -> Path:
+    """The hidden name beside `final` that this process writes before renaming."""
+    return final.with_name(f".{final.name}.{os.getpid()}.tmp")
+
+
+def is_special_file(path: Path) -> bool:
+    """An existing target that is neither a regular file nor a directory."""
+    return path.exists() and not path.is_file() and not path.is_dir()
+
+
+class AtomicTarget:
+    """Where to write `final` (`path`), and how to finish: `commit()` puts the
+    complete file in place, `discard()` removes an unfinished one."""
+
+    def __init__(self, final: Path):
+        self.final = Path(final)
+        self.path = self.final if is_special_file(self.final) else temporary_path(self.final)
+
+    def commit(self):
+        if self.path != self.final:
+            os.replace(self.path, self.final)
+
+    def discard(self):
+        if self.path != self.final:
+            self.path.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, data: bytes):
+    """Write `data` so that `path` either keeps its old state or is complete."""
+    target = AtomicTarget(path)
+    try:
+        target.path.write_bytes(data)
+        target.commit()
+    except BaseException:
+        target.discard()
+        raise
+
+
+def ensure_writable(directory: Path, label) -> None:
+    """Create `directory` if needed and prove a file can be written there; an
+    OutputError naming `label` if not."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = temporary_path(directory / ".write-check")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"{label}: cannot write there ({exc.strerror or exc})") from None
