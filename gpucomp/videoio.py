@@ -133,7 +133,10 @@ class H264Writer:
         if encoder == "h264_nvenc":
             self._stream.options = {"preset": NVENC_PRESETS.get(preset, "p4"), "rc": "vbr", "cq": str(crf)}
         else:
-            self._stream.options = {"crf": str(crf), "preset": preset}
+            # cpu-independent: without it x264's motion search and weighted-prediction
+            # analysis pick SIMD paths whose results depend on heap contents, and the
+            # same frames encode to different bytes from one call to the next.
+            self._stream.options = {"crf": str(crf), "preset": preset, "x264-params": "cpu-independent=1"}
         ctx = self._stream.codec_context
         # An explicit thread count keeps the output deterministic across machines.
         ctx.thread_count = threads
