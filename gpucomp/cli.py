@@ -99,6 +99,9 @@ def add_render_options(p: argparse.ArgumentParser):
                    help="gpu: ONNX Runtime's cuDNN convolution algorithm search (default exhaustive)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="gpu: capture inference as a CUDA graph per batch shape and replay it")
+    p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
+                   help="gpu: TF32 tensor cores for the model's convolutions (default on, ONNX Runtime's own "
+                        "default); changes the model's numbers in low bits, never the compositing")
     p.add_argument("--cache-budget", type=_size, default=None,
                    help="memory for frames, e.g. 2G: the decoded cache plus finished frames in flight (RAM for "
                         "cpu; VRAM for gpu, ONNX Runtime's own memory aside). Videos that do not fit are decoded "
@@ -210,7 +213,7 @@ def _cmd_render(args) -> int:
         print(f"note: {notice}", file=sys.stderr)
     stats = StageStats()
     settings = RenderSettings(batch=args.batch, workers=args.workers, feather=args.feather,
-                              cudnn_algo=args.cudnn_algo.upper(), cuda_graph=args.cuda_graph,
+                              cudnn_algo=args.cudnn_algo.upper(), cuda_graph=args.cuda_graph, tf32=args.tf32,
                               cache_budget=args.cache_budget)
     show = not args.quiet
     keep = frozenset()

@@ -1,6 +1,7 @@
 """Finding, compiling and loading the kernels in kernels/.
 
-The CUDA build goes through cupy.RawModule (NVRTC) and is memoized per device.
+The CUDA build compiles each kernels/*.cu with NVRTC (headers inlined, cached by
+content) and loads it per device.
 The host build compiles kernels/host.c, which drives the very same per-element
 functions, with the system C compiler into a shared library cached by the hash
 of its sources and flags; gpu-sim calls it through ctypes.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -24,7 +26,6 @@ from .errors import BackendUnavailable
 
 # IEEE arithmetic, no contraction into FMA: the host must compute what the device computes.
 HOST_CFLAGS = ("-O2", "-fPIC", "-shared", "-std=c11", "-ffp-contract=off", "-fno-fast-math")
-NVRTC_OPTIONS = ("--std=c++17",)
 CUDA_KERNELS = {
     "composite.cu": ("gc_composite_vec16", "gc_composite_bytes"),
     "prepare.cu": ("gc_prepare_visual", "gc_prepare_audio"),
@@ -101,24 +102,138 @@ def host_kernels() -> ctypes.CDLL:
 
 
 # ------------------------------------------------------------------ CUDA build
+#
+# The engine compiles with NVRTC itself rather than through cupy.RawModule:
+# RawModule's on-disk cache keys on the .cu text alone, so an edited header
+# would leave every machine on the old kernel; and its compiler asks the device
+# for its architecture, which CI (no GPU) cannot answer. Here the source handed
+# to NVRTC has every header inlined, the cache key is that text plus options,
+# architecture and NVRTC version, and any architecture compiles without a device.
+# The NVRTC bindings used (cupy_backends.cuda.libs.nvrtc) and
+# cupy.cuda.function.Module are CuPy internals, stable from CuPy 9 through 14:
+# pyproject.toml pins cupy-cuda13x below 15 for them.
+
+NVRTC_OPTIONS = ("--std=c++17", "--fmad=false")  # no FMA contraction: the host build computes the same
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.MULTILINE)
+
+
+def cuda_source(filename: str, directory: Path | None = None) -> str:
+    """`filename` with its local headers inlined (each once), as NVRTC compiles it."""
+    directory = directory or source_dir()
+    seen: set[str] = set()
+
+    def expand(name: str) -> str:
+        if name in seen:
+            return ""
+        seen.add(name)
+        path = directory / name
+        if not path.is_file():
+            raise BackendUnavailable(f"kernel source {path} is missing (a broken installation?)")
+        text = path.read_text()
+        return _INCLUDE.sub(lambda m: expand(m.group(1)), text)
+
+    return expand(filename)
+
+
+def nvrtc_unavailable_reason() -> str | None:
+    """None when NVRTC loads, else why not (pip install nvidia-cuda-nvrtc)."""
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+
+        nvrtc.getVersion()
+    except Exception as exc:  # ImportError, or the shared library is missing
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"NVRTC (the CUDA runtime compiler) cannot be loaded: {first[:160]}"
+    return None
+
+
+def _nvrtc(filename: str, arch: str, directory: Path | None, extra: tuple[str, ...] = ()) -> tuple[bytes, str]:
+    """(cubin, NVRTC's log) of one kernels/*.cu for sm_`arch`; a BackendUnavailable on error."""
+    from cupy_backends.cuda.libs import nvrtc
+
+    options = (*NVRTC_OPTIONS, f"--gpu-architecture=sm_{arch}", *extra)
+    program = nvrtc.createProgram(cuda_source(filename, directory), filename, (), ())
+    try:
+        try:
+            nvrtc.compileProgram(program, options)
+        except nvrtc.NVRTCError:
+            log = nvrtc.getProgramLog(program).strip().splitlines()
+            error = next((line for line in log if "error" in line), log[0] if log else "no log")
+            raise BackendUnavailable(f"compiling the CUDA kernels ({filename}, sm_{arch}) failed: {error[:200]}") \
+                from None
+        return nvrtc.getCUBIN(program), nvrtc.getProgramLog(program)
+    finally:
+        nvrtc.destroyProgram(program)
+
+
+def compile_cubin(filename: str, arch: str, directory: Path | None = None) -> bytes:
+    """SASS for `arch` ("90" for sm_90) of one kernels/*.cu; needs NVRTC, not a device.
+
+    Cached on disk by the hash of everything that decides the binary."""
+    from cupy_backends.cuda.libs import nvrtc
+
+    from .demo import cache_dir
+
+    key = "\0".join((cuda_source(filename, directory), *NVRTC_OPTIONS, arch, repr(nvrtc.getVersion())))
+    digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+    cached = cache_dir() / "cudakernels" / f"{Path(filename).stem}_sm{arch}_{digest}.cubin"
+    if cached.is_file():
+        return cached.read_bytes()
+    cubin, _ = _nvrtc(filename, arch, directory)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    target = AtomicTarget(cached)
+    target.path.write_bytes(cubin)
+    target.commit()
+    return cubin
+
+
+_PTXAS_FUNCTION = re.compile(r"Function properties for (\w+)\s*\n.*?(\d+) bytes stack frame, (\d+) bytes spill stores, "
+                             r"(\d+) bytes spill loads\s*\n.*?Used (\d+) registers")
+
+
+def resource_usage(filename: str, arch: str) -> dict[str, dict[str, int]]:
+    """ptxas's report for every kernel of one kernels/*.cu, as the engine compiles it:
+    {name: {stack, spill_stores, spill_loads, registers}}."""
+    _, log = _nvrtc(filename, arch, None, ("--ptxas-options=-v",))
+    return {m.group(1): dict(zip(("stack", "spill_stores", "spill_loads", "registers"), map(int, m.groups()[1:])))
+            for m in _PTXAS_FUNCTION.finditer(log)}
+
+
+def device_arch(device_id: int) -> str:
+    """The device's compute capability, capped at the newest NVRTC can target."""
+    import cupy
+    from cupy_backends.cuda.libs import nvrtc
+
+    arch = int(cupy.cuda.Device(device_id).compute_capability)
+    supported = [int(a) for a in nvrtc.getSupportedArchs()]
+    return str(arch if arch in supported else max(a for a in supported if a <= arch))
+
 
 _cuda_modules: dict[int, dict] = {}
 _cuda_lock = threading.Lock()
 
 
 def cuda_kernels(device_id: int) -> dict:
-    """{kernel name: cupy.RawKernel} for one device, compiled once per process."""
+    """{kernel name: loaded kernel} for one device, compiled once per process.
+
+    Any failure to compile or load is a BackendUnavailable with one line."""
     import cupy
 
     with _cuda_lock:
         if device_id not in _cuda_modules:
-            include = f"-I{source_dir()}"
+            reason = nvrtc_unavailable_reason()
+            if reason is not None:
+                raise BackendUnavailable(reason + "; pip install 'nvidia-cuda-nvrtc~=13.0'")
             kernels = {}
             with cupy.cuda.Device(device_id):
+                arch = device_arch(device_id)
                 for filename, names in CUDA_KERNELS.items():
-                    module = cupy.RawModule(code=(source_dir() / filename).read_text(),
-                                            options=(include, *NVRTC_OPTIONS), name_expressions=None)
-                    for name in names:
-                        kernels[name] = module.get_function(name)
+                    module = cupy.cuda.function.Module()
+                    try:
+                        module.load(compile_cubin(filename, arch))
+                        for name in names:
+                            kernels[name] = module.get_function(name)
+                    except cupy.cuda.driver.CUDADriverError as exc:
+                        raise BackendUnavailable(f"loading the CUDA kernels ({filename}) failed: {exc}") from None
             _cuda_modules[device_id] = kernels
         return _cuda_modules[device_id]

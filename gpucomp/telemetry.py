@@ -118,7 +118,7 @@ NVML_FIELDS = ("gpu_util_pct", "mem_util_pct", "mem_used_mib", "power_w", "sm_cl
 
 
 def nvml_unavailable_reason() -> str | None:
-    """None when NVML can report on GPU 0, else why not."""
+    """None when NVML can report on a GPU, else why not."""
     try:
         import pynvml
     except ImportError as exc:
@@ -135,20 +135,58 @@ def nvml_unavailable_reason() -> str | None:
     return None
 
 
-class NvmlSampler:
-    """Samples GPU 0 on a background thread (about 25 Hz: the two PCIe
-    counters take ~20 ms each inside NVML) while the benchmark runs.
+def cuda_pci_bus_id(device_id: int = 0) -> str | None:
+    """PCI bus id of CUDA device `device_id` as CUDA numbers it (after
+    CUDA_VISIBLE_DEVICES), or None when CuPy cannot tell."""
+    try:
+        import cupy
 
-    `samples` holds rows of (seconds since start, *NVML_FIELDS); `marks` holds
-    (seconds, label) stage markers for the timeline.
+        return str(cupy.cuda.runtime.deviceGetPCIBusId(device_id))
+    except Exception:  # no CuPy, no device
+        return None
+
+
+def nvml_handle(nvml, bus_id: str | None):
+    """The NVML handle of the GPU at `bus_id`. NVML numbers GPUs itself, ignoring
+    CUDA_VISIBLE_DEVICES, so index 0 is only a fallback when no bus id is known."""
+    if bus_id:
+        try:
+            return nvml.nvmlDeviceGetHandleByPciBusId_v2(bus_id)
+        except (nvml.NVMLError, AttributeError):
+            pass
+    return nvml.nvmlDeviceGetHandleByIndex(0)
+
+
+def _nvml_readers(n) -> dict:
+    """One reader per NVML_FIELDS entry; each may raise NVMLError on its own."""
+    return {
+        "gpu_util_pct": lambda h: float(n.nvmlDeviceGetUtilizationRates(h).gpu),
+        "mem_util_pct": lambda h: float(n.nvmlDeviceGetUtilizationRates(h).memory),
+        "mem_used_mib": lambda h: n.nvmlDeviceGetMemoryInfo(h).used / 2**20,
+        "power_w": lambda h: n.nvmlDeviceGetPowerUsage(h) / 1000.0,
+        "sm_clock_mhz": lambda h: float(n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM)),
+        "pcie_rx_mbps": lambda h: n.nvmlDeviceGetPcieThroughput(h, n.NVML_PCIE_UTIL_RX_BYTES) / 1000.0,  # KB/s in
+        "pcie_tx_mbps": lambda h: n.nvmlDeviceGetPcieThroughput(h, n.NVML_PCIE_UTIL_TX_BYTES) / 1000.0,
+        "temp_c": lambda h: float(n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU)),
+    }
+
+
+class NvmlSampler:
+    """Samples the GPU the engine uses on a background thread (about 25 Hz:
+    the two PCIe counters take ~20 ms each inside NVML) while the benchmark runs.
+
+    `samples` holds rows of (seconds since start, *NVML_FIELDS); a counter this
+    GPU does not offer (under MIG or vGPU, say) reads NaN and the others go on.
+    `marks` holds (seconds, label) stage markers for the timeline.
     """
 
-    def __init__(self, interval: float = 0.04, device_index: int = 0):
-        import pynvml
-
-        self._nvml = pynvml
-        pynvml.nvmlInit()
-        self.handle = pynvml.nvmlDeviceGetHandleByIndex(device_index)
+    def __init__(self, interval: float = 0.04, cuda_device: int = 0, nvml=None):
+        if nvml is None:
+            import pynvml as nvml
+        self._nvml = nvml
+        nvml.nvmlInit()
+        self.handle = nvml_handle(nvml, cuda_pci_bus_id(cuda_device))
+        self._readers = _nvml_readers(nvml)
         self.interval = interval
         self.samples: list[tuple[float, ...]] = []
         self.marks: list[tuple[float, str]] = []
@@ -167,22 +205,18 @@ class NvmlSampler:
                 "memory_bytes": int(memory.total)}
 
     def _sample(self) -> tuple[float, ...]:
-        n, h = self._nvml, self.handle
-        util = n.nvmlDeviceGetUtilizationRates(h)
-        memory = n.nvmlDeviceGetMemoryInfo(h)
-        rx = n.nvmlDeviceGetPcieThroughput(h, n.NVML_PCIE_UTIL_RX_BYTES)  # KB/s
-        tx = n.nvmlDeviceGetPcieThroughput(h, n.NVML_PCIE_UTIL_TX_BYTES)
-        return (time.perf_counter() - self.t0, float(util.gpu), float(util.memory), memory.used / 2**20,
-                n.nvmlDeviceGetPowerUsage(h) / 1000.0, float(n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM)),
-                rx / 1000.0, tx / 1000.0, float(n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU)))
+        values = []
+        for name in NVML_FIELDS:
+            try:
+                values.append(self._readers[name](self.handle))
+            except self._nvml.NVMLError:  # this counter is not offered here: the rest still count
+                values.append(float("nan"))
+        return (time.perf_counter() - self.t0, *values)
 
     def _loop(self):
         while not self._stop.is_set():
             began = time.perf_counter()
-            try:
-                self.samples.append(self._sample())
-            except self._nvml.NVMLError:  # a counter this GPU lacks: keep sampling the rest
-                pass
+            self.samples.append(self._sample())
             self._stop.wait(max(0.0, self.interval - (time.perf_counter() - began)))
 
     def start(self):
@@ -205,7 +239,9 @@ class NvmlSampler:
         data = np.array(rows)[:, 1:]
         out: dict = {"samples": len(rows), "rate_hz": len(rows) / max(end - start, 1e-9)}
         for k, name in enumerate(NVML_FIELDS):
-            out[name] = {"mean": float(data[:, k].mean()), "p95": float(np.percentile(data[:, k], 95))}
+            column = data[:, k][~np.isnan(data[:, k])]
+            out[name] = ({"mean": float(column.mean()), "p95": float(np.percentile(column, 95))} if column.size
+                         else None)  # None: the GPU does not offer this counter
         return out
 
     def stop(self):

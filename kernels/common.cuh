@@ -11,10 +11,12 @@
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #define GC_HD __host__ __device__ __forceinline__
 #define GC_ON_DEVICE 1
+#define GC_UNROLL _Pragma("unroll")
 #else
 #include <math.h>
 #include <string.h>
 #define GC_HD static inline
+#define GC_UNROLL
 #endif
 
 typedef unsigned char gc_u8;

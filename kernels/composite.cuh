@@ -84,7 +84,8 @@ GC_HD gc_frame_view gc_view(const gc_composite_args *a, int b)
 
 /* 1 when bytes [off, off + n) of the frame lie wholly outside the visible
  * face, so the cached bytes are the output. Conservative: a span over two
- * rows is decided byte by byte. */
+ * rows is decided byte by byte. Offsets within a frame fit in int: the host
+ * refuses frames of 2^31 bytes or more. */
 GC_HD int gc_span_outside(const gc_frame *f, int off, int n, int width)
 {
     int p0 = off / 3, p1 = (off + n - 1) / 3;
@@ -97,8 +98,27 @@ GC_HD int gc_span_outside(const gc_frame *f, int off, int n, int width)
     return x1 < f->vx1 || x0 >= f->vx2;
 }
 
+/* 16 consecutive bytes held as four little-endian 32-bit words. Bytes are
+ * read and written with shifts at indices that are constants once the span
+ * loop is unrolled, so on the device the span lives in registers (a byte
+ * array indexed in a loop would go to local memory). */
+typedef struct {
+    unsigned int w[4];
+} gc_span16;
+
+GC_HD int gc_span_get(const gc_span16 *s, int i)
+{
+    return (int)((s->w[i >> 2] >> ((i & 3) * 8)) & 0xffu);
+}
+
+GC_HD void gc_span_set(gc_span16 *s, int i, int v)
+{
+    int shift = (i & 3) * 8;
+    s->w[i >> 2] = (s->w[i >> 2] & ~(0xffu << shift)) | ((unsigned int)v << shift);
+}
+
 /* Output byte at pixel (x, y), channel ch, given the cached byte `orig`. */
-GC_HD gc_u8 gc_output_byte(const gc_composite_args *a, gc_frame_view v, int x, int y, int ch, gc_u8 orig)
+GC_HD int gc_output_byte(const gc_composite_args *a, gc_frame_view v, int x, int y, int ch, int orig)
 {
     const gc_frame *f = v.f;
     if (x < f->vx1 || x >= f->vx2 || y < f->vy1 || y >= f->vy2)
@@ -109,12 +129,13 @@ GC_HD gc_u8 gc_output_byte(const gc_composite_args *a, gc_frame_view v, int x, i
         int alpha = gc_feather_alpha(f, dx, dy, a->feather);
         out = (out * alpha + orig * (GC_ALPHA_ONE - alpha) + 128) >> 8;
     }
-    return (gc_u8)out;
+    return out;
 }
 
-/* Composite bytes [off, off + n) of one frame in place: `bytes` holds the
- * cached full-body bytes on entry and the output on return. */
-GC_HD void gc_composite_span(const gc_composite_args *a, gc_frame_view v, int off, int n, gc_u8 *bytes)
+/* Composite the first n (<= 16) bytes of the span starting at byte `off` of
+ * one frame, in place: `span` holds the cached full-body bytes on entry and
+ * the output on return. */
+GC_HD void gc_composite_span(const gc_composite_args *a, gc_frame_view v, int off, int n, gc_span16 *span)
 {
     if (gc_span_outside(v.f, off, n, a->width))
         return;
@@ -122,8 +143,10 @@ GC_HD void gc_composite_span(const gc_composite_args *a, gc_frame_view v, int of
     int ch = off - p * 3;
     int y = p / a->width;
     int x = p - y * a->width;
-    for (int i = 0; i < n; ++i) {
-        bytes[i] = gc_output_byte(a, v, x, y, ch, bytes[i]);
+    GC_UNROLL
+    for (int i = 0; i < 16; ++i) {
+        if (i < n)
+            gc_span_set(span, i, gc_output_byte(a, v, x, y, ch, gc_span_get(span, i)));
         if (++ch == 3) {
             ch = 0;
             if (++x == a->width) {

@@ -12,10 +12,14 @@ void gc_host_composite(const gc_u8 *full, const gc_u8 *crops, const float *pred,
     for (int b = 0; b < batch; ++b) {
         gc_frame_view v = gc_view(&a, b);
         gc_u8 *dst = out + (gc_i64)b * frame_bytes;
-        memcpy(dst, v.full, (size_t)frame_bytes);
         for (int off = 0; off < frame_bytes; off += 16) {
             int n = frame_bytes - off < 16 ? (int)(frame_bytes - off) : 16;
-            gc_composite_span(&a, v, off, n, dst + off);
+            gc_span16 span = {{0u, 0u, 0u, 0u}};
+            for (int i = 0; i < n; ++i)
+                gc_span_set(&span, i, v.full[off + i]);
+            gc_composite_span(&a, v, off, n, &span);
+            for (int i = 0; i < n; ++i)
+                dst[off + i] = (gc_u8)gc_span_get(&span, i);
         }
     }
 }

@@ -24,9 +24,9 @@ CHOICES = BACKENDS + ("auto",)
 
 
 @lru_cache(maxsize=1)
-def cuda_unavailable_reason() -> str | None:
-    """None when a CUDA device and ONNX Runtime's CUDA provider are usable,
-    else why not, in a few words."""
+def kernels_unavailable_reason() -> str | None:
+    """None when CuPy sees a CUDA device and NVRTC can compile the kernels,
+    else why not: all the kernel-level work needs (not ONNX Runtime)."""
     try:
         import cupy
     except Exception as exc:  # ImportError, or a CUDA library missing underneath
@@ -37,6 +37,18 @@ def cuda_unavailable_reason() -> str | None:
         return str(exc).strip() or type(exc).__name__
     if count < 1:
         return "no CUDA device found"
+    from ..kernel_build import nvrtc_unavailable_reason
+
+    return nvrtc_unavailable_reason()
+
+
+@lru_cache(maxsize=1)
+def cuda_unavailable_reason() -> str | None:
+    """None when the whole GPU engine can run: a CUDA device, NVRTC and ONNX
+    Runtime's CUDA provider; else why not, in a few words."""
+    reason = kernels_unavailable_reason()
+    if reason is not None:
+        return reason
     try:
         import onnxruntime
     except Exception as exc:
@@ -77,4 +89,4 @@ def create(name: str, dataset: Dataset, model_path: Path, settings: RenderSettin
 
 
 __all__ = ["BACKENDS", "CHOICES", "Backend", "PendingBatch", "RenderSettings", "create",
-           "cuda_unavailable_reason", "resolve"]
+           "cuda_unavailable_reason", "kernels_unavailable_reason", "resolve"]

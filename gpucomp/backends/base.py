@@ -25,6 +25,9 @@ class RenderSettings:
     # whether it replays each batch shape as a captured CUDA graph.
     cudnn_algo: str = "EXHAUSTIVE"
     cuda_graph: bool = False
+    # TF32 tensor-core convolutions (ONNX Runtime's default on Ampere and newer):
+    # faster, and the model's numbers differ in low bits; compositing stays exact.
+    tf32: bool = True
     # Bytes the decoded frames may take (RAM for cpu, VRAM for gpu); None: what
     # is free. Frames that do not fit are decoded ahead into a bounded ring.
     cache_budget: int | None = None

@@ -38,7 +38,7 @@ class Device(ABC):
     def describe(self) -> str: ...
 
     @abstractmethod
-    def providers(self, cudnn_algo: str, cuda_graph: bool) -> list: ...
+    def providers(self, cudnn_algo: str, cuda_graph: bool, tf32: bool) -> list: ...
 
     def run_options(self, graph_id: int | None = None):
         import onnxruntime as ort
@@ -61,6 +61,9 @@ class Device(ABC):
 
     @abstractmethod
     def to_device(self, host: np.ndarray): ...
+
+    def zeros(self, shape, dtype):
+        return self.to_device(np.zeros(shape, dtype))
 
     @abstractmethod
     def host_buffer(self, shape, dtype) -> np.ndarray: ...
@@ -136,7 +139,7 @@ class SimDevice(HostMemory, Device):
     def describe(self) -> str:
         return "gpu-sim (host build of the kernels, ONNX Runtime CPU)"
 
-    def providers(self, cudnn_algo, cuda_graph):
+    def providers(self, cudnn_algo, cuda_graph, tf32):
         return ["CPUExecutionProvider"]
 
     def free_memory(self) -> int:
@@ -204,10 +207,7 @@ class CudaDevice(Device):
         self.compute = cupy.cuda.Stream(non_blocking=True)
         self.copier = cupy.cuda.Stream(non_blocking=True)
         self.uploader = cupy.cuda.Stream(non_blocking=True)  # the decode-ahead thread's
-        try:
-            self.kernels = cuda_kernels(device_id)
-        except cupy.cuda.compiler.CompileException as exc:
-            raise BackendUnavailable(f"compiling the CUDA kernels failed: {str(exc).splitlines()[0]}") from None
+        self.kernels = cuda_kernels(device_id)  # a BackendUnavailable when NVRTC or the build fails
         props = cupy.cuda.runtime.getDeviceProperties(device_id)
         name = props["name"]
         self.device_name = name.decode() if isinstance(name, bytes) else str(name)
@@ -216,7 +216,7 @@ class CudaDevice(Device):
     def describe(self) -> str:
         return f"gpu ({self.device_name}, device {self.device_id})"
 
-    def providers(self, cudnn_algo, cuda_graph):
+    def providers(self, cudnn_algo, cuda_graph, tf32):
         import onnxruntime as ort
 
         if hasattr(ort, "preload_dlls"):  # CUDA/cuDNN from the nvidia-* wheels, when installed that way
@@ -229,6 +229,8 @@ class CudaDevice(Device):
             "user_compute_stream": str(self.compute.ptr),
             "cudnn_conv_algo_search": cudnn_algo,
             "enable_cuda_graph": "1" if cuda_graph else "0",
+            # TF32 convolutions change the model's numbers, never the compositing.
+            "use_tf32": "1" if tf32 else "0",
         }
         return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
 
@@ -299,7 +301,8 @@ class CudaDevice(Device):
         runtime.memcpyAsync(dst.data.ptr, src.data.ptr, src.nbytes, runtime.memcpyDeviceToDevice, self.compute.ptr)
 
     def mark(self):
-        event = self.cp.cuda.Event()
+        # block=True: a host waiting on the event sleeps instead of spinning a core.
+        event = self.cp.cuda.Event(block=True)
         event.record(self.compute)
         return event
 
@@ -311,13 +314,14 @@ class CudaDevice(Device):
         ready = self.mark()
         self.copier.wait_event(ready)
         src.get(stream=self.copier, out=dst, blocking=False)
-        done = self.cp.cuda.Event(disable_timing=True)
+        done = self.cp.cuda.Event(block=True, disable_timing=True)
         done.record(self.copier)
         return _CudaCopy(done)
 
     def synchronize(self):
         self.compute.synchronize()
         self.copier.synchronize()
+        self.uploader.synchronize()
 
     def release(self):
         self.synchronize()

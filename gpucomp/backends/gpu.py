@@ -33,31 +33,32 @@ from ..model.session import WARM_UP_RUNS
 from .base import Backend, PendingBatch, batch_sizes
 from .devices import CudaDevice, SimDevice
 
-# What ONNX Runtime may take beyond our buffers: weights, cuDNN workspaces, its arena.
-ORT_RESERVE_BYTES = 2 << 30
+# Device memory kept free beyond what the cache sizing measured after the
+# warm-up: the CUDA context's own growth and allocator fragmentation. ONNX
+# Runtime's weights, activations and cuDNN workspaces for the run's batch shapes
+# are already allocated by then, so they need no guess.
+DEVICE_HEADROOM_BYTES = 256 << 20
 CUDNN_ALGOS = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 
 
 class _GpuPending(PendingBatch):
-    def __init__(self, engine: "GpuBackend", positions: range, indices, slot, marks, copy, timed: bool):
+    def __init__(self, engine: "GpuBackend", positions: range, indices, slot, marks, copy):
         self.engine = engine
         self._positions = positions
         self.indices = indices
         self.slot = slot
         self._marks = marks
         self._copy = copy
-        self._timed = timed
         self._frames = None
 
     def wait(self):
         if self._frames is None:
             self._copy.wait()
-            if self._timed:  # warm-up batches keep their frames: the real run reads them again
-                self.engine.ring.release(self._positions)
-                start, inferred, composited = self._marks
-                dev, n = self.engine.device, len(self.indices)
-                self.engine.stats.add("inference", dev.seconds_between(start, inferred), n)
-                self.engine.stats.add("composite", dev.seconds_between(inferred, composited), n)
+            self.engine.ring.release(self._positions)
+            start, inferred, composited = self._marks
+            dev, n = self.engine.device, len(self.indices)
+            self.engine.stats.add("inference", dev.seconds_between(start, inferred), n)
+            self.engine.stats.add("composite", dev.seconds_between(inferred, composited), n)
             host = self.engine.host_ring[self.slot]
             self._frames = [host[k] for k in range(len(self.indices))]
         return self._frames
@@ -75,69 +76,78 @@ class GpuBackend(Backend):
         self.name = "gpu-sim" if simulate else "gpu"
         self.device = SimDevice() if simulate else CudaDevice()
         self.cuda_graph = settings.cuda_graph and not simulate
-        self.session = ModelSession(model_path, self.device.providers(settings.cudnn_algo, self.cuda_graph))
+        self.session = ModelSession(model_path, self.device.providers(settings.cudnn_algo, self.cuda_graph,
+                                                                      settings.tf32))
         if not simulate and self.session.session.get_providers()[0] != "CUDAExecutionProvider":
             raise BackendUnavailable("onnxruntime could not start its CUDA provider (CUDA 13 / cuDNN 9 libraries "
                                      "missing? pip install 'onnxruntime-gpu[cuda,cudnn]')")
         if self.session.io.dtype != np.float32:
             raise ModelError(f"{model_path}: the GPU engine takes float32 models")
         self.max_in_flight = max(2, ring)
+        self.ring = None
 
     def describe(self) -> str:
         return self.device.describe()
 
     # -- set-up -------------------------------------------------------------
 
-    def _working_bytes(self, batch: int) -> int:
-        """Device memory besides the frame cache: model buffers and the output ring
-        (ONNX Runtime's own share, ORT_RESERVE_BYTES, comes on top on a GPU)."""
-        ds = self.dataset
-        work = batch * 4 * (int(np.prod(VISUAL_SHAPE)) + int(np.prod(AUDIO_SHAPE)) + int(np.prod(PRED_SHAPE)))
-        ring = self.max_in_flight * batch * ds.width * ds.height * 3
-        return ds.features.nbytes + work + ring
-
     def prepare(self, indices: range, progress=None):
+        """Model buffers, warm-up (and CUDA-graph capture), output ring, then the
+        frame cache sized from what is free after all of that.
+
+        The order matters twice: ONNX Runtime captures a CUDA graph in global
+        mode, which any CUDA call from another thread breaks, so the warm-up
+        runs before the decode-ahead thread exists; and its activations and
+        cuDNN workspaces are allocated by the warm-up, so free memory measured
+        afterwards is what the cache may really take."""
         ds, dev = self.dataset, self.device
         n = len(indices)
         batch = min(self.settings.batch, n)
-        frame_bytes = ds.width * ds.height * 3
-        if frame_bytes >= 2**31:
+        if ds.frame_bytes() >= 2**31:
             raise ResourceError(f"frames of {ds.width}x{ds.height} are too large for the kernels (2 GiB per frame)")
-        working = self._working_bytes(batch)
-        ort_reserve = ORT_RESERVE_BYTES if isinstance(dev, CudaDevice) else 0
-        budget, kind = self.settings.cache_budget, None  # covers the cache and `working`
-        if budget is None:
-            budget, kind = max(0, dev.free_memory() - ort_reserve), dev.memory_kind
-        what = f"caching {n} frames of {ds.width}x{ds.height}"
-        slots = ring_slots(n, ds.frame_bytes(), budget, batch, what, kind, reserved=working)
-        dev.check_memory(slots * ds.frame_bytes() + working + ort_reserve,
-                         what if slots == n else f"{what} ({slots} at a time)")
         self.indices = indices
-        self.ring = FrameRing(dev, ds, indices, slots, progress)
-        self.full, self.crops, self.slots = self.ring.full, self.ring.crops, self.ring.slots
-        self.features = dev.to_device(ds.features)
-        frames, taps = pack_frames(ds.placements, indices)
-        self.frames, self.taps = dev.to_device(frames), dev.to_device(taps)
-
-        self.visual = dev.empty((batch,) + VISUAL_SHAPE, np.float32)
-        self.audio = dev.empty((batch,) + AUDIO_SHAPE, np.float32)
-        self.pred = dev.empty((batch,) + PRED_SHAPE, np.float32)
-        self.out_ring = [dev.empty((batch, ds.height, ds.width, 3), np.uint8) for _ in range(self.max_in_flight)]
-        self.host_ring = [dev.host_buffer((batch, ds.height, ds.width, 3), np.uint8)
-                          for _ in range(self.max_in_flight)]
-        self.free_slots = list(range(self.max_in_flight))
+        self.visual = dev.zeros((batch,) + VISUAL_SHAPE, np.float32)
+        self.audio = dev.zeros((batch,) + AUDIO_SHAPE, np.float32)
+        self.pred = dev.zeros((batch,) + PRED_SHAPE, np.float32)
         self.bindings = {size: self._bind(size) for size in batch_sizes(n, batch)}
         # One captured CUDA graph per batch shape (ONNX Runtime's gpu_graph_id).
         self.run_options = {size: self.device.run_options(size if self.cuda_graph else None)
                             for size in self.bindings}
-        # First runs of each shape, untimed: allocation, cuDNN algorithm search,
-        # thread pools settling; with CUDA graphs ONNX Runtime captures only
-        # after a regular run, which these runs also cover.
+        self._warm_up()
+
+        # Still to come besides the cache: the device output ring, the pinned host
+        # ring and the features.
+        reserved = 2 * self.max_in_flight * batch * ds.width * ds.height * 3 + ds.features.nbytes
+        budget, kind = self.settings.cache_budget, None
+        if budget is None:  # what is free now
+            budget, kind = max(0, dev.free_memory() - self.device_headroom()), dev.memory_kind
+        what = f"caching {n} frames of {ds.width}x{ds.height}"
+        slots = ring_slots(n, ds.frame_bytes(), budget, batch, what, kind, reserved=reserved)
+        dev.check_memory(slots * ds.frame_bytes() + reserved, what if slots == n else f"{what} ({slots} at a time)")
+        self.out_ring = [dev.empty((batch, ds.height, ds.width, 3), np.uint8) for _ in range(self.max_in_flight)]
+        self.host_ring = [dev.host_buffer((batch, ds.height, ds.width, 3), np.uint8)
+                          for _ in range(self.max_in_flight)]
+        self.free_slots = list(range(self.max_in_flight))
+        self.features = dev.to_device(ds.features)
+        frames, taps = pack_frames(ds.placements, indices)
+        self.frames, self.taps = dev.to_device(frames), dev.to_device(taps)
+        self.ring = FrameRing(dev, ds, indices, slots, progress)  # may start the decode-ahead thread
+
+    def device_headroom(self) -> int:
+        return DEVICE_HEADROOM_BYTES if isinstance(self.device, CudaDevice) else 0
+
+    def _warm_up(self):
+        """Untimed runs of every batch shape: allocation, cuDNN algorithm search,
+        thread pools settling; with CUDA graphs ONNX Runtime captures a graph
+        after its first regular runs, which these cover."""
         for size in self.bindings:
             for _ in range(WARM_UP_RUNS):
-                pending = self._launch(range(size), timed=False)
-                pending.wait()
-                pending.release()
+                if self.cuda_graph:
+                    self.session.run_bound(self.bindings[size], self.run_options[size],
+                                           what="capturing the model as a CUDA graph", hint="; run without --cuda-graph")
+                else:
+                    self.session.run_bound(self.bindings[size], self.run_options[size])
+        self.device.synchronize()
 
     def _bind(self, size: int):
         dev, io = self.device, self.session.io
@@ -152,43 +162,46 @@ class GpuBackend(Backend):
     # -- per batch ----------------------------------------------------------
 
     def _infer(self, positions: range):
-        """Queue the input kernels and the model for these frames."""
-        self.ring.acquire(positions)
+        """Queue the input kernels and the model for frames already in the cache."""
         size, first = len(positions), positions.start
-        self.device.prepare_inputs(self.crops, self.visual, self.audio, self.features, first, self.slots, size,
-                                   self.indices[first])
+        self.device.prepare_inputs(self.ring.crops, self.visual, self.audio, self.features, first, self.ring.slots,
+                                   size, self.indices[first])
         self.session.run_bound(self.bindings[size], self.run_options[size])
 
     def infer_only(self, positions: range):
+        self.ring.acquire(positions)
         self._infer(positions)
         self.device.synchronize()
-
-    def _launch(self, positions: range, timed: bool) -> _GpuPending:
-        dev, size, first = self.device, len(positions), positions.start
-        slot = self.free_slots.pop()
-        start = dev.mark()
-        self._infer(positions)
-        inferred = dev.mark()
-        dev.composite(self.full, self.crops, self.pred, self.frames, self.taps, self.out_ring[slot], first,
-                      self.slots, size, self.dataset.width, self.settings.feather)
-        composited = dev.mark()
-        copy = dev.copy_to_host(self.out_ring[slot][:size], self.host_ring[slot][:size])
-        indices = [self.indices[p] for p in positions]
-        return _GpuPending(self, positions, indices, slot, (start, inferred, composited), copy, timed)
-
-    def skip(self, positions: range):
         self.ring.release(positions)
 
     def submit(self, positions: range) -> PendingBatch:
         if not self.free_slots:
             raise RuntimeError("more batches in flight than ring slots")  # the pipeline's window prevents it
-        return self._launch(positions, timed=True)
+        dev, size, first = self.device, len(positions), positions.start
+        self.ring.acquire(positions)  # waiting for decode-ahead is not inference time
+        slot = self.free_slots.pop()
+        start = dev.mark()
+        self._infer(positions)
+        inferred = dev.mark()
+        dev.composite(self.ring.full, self.ring.crops, self.pred, self.frames, self.taps, self.out_ring[slot], first,
+                      self.ring.slots, size, self.dataset.width, self.settings.feather)
+        composited = dev.mark()
+        copy = dev.copy_to_host(self.out_ring[slot][:size], self.host_ring[slot][:size])
+        indices = [self.indices[p] for p in positions]
+        return _GpuPending(self, positions, indices, slot, (start, inferred, composited), copy)
+
+    def skip(self, positions: range):
+        self.ring.release(positions)
 
     def close(self):
-        if getattr(self, "ring", None) is not None:
-            self.ring.close()
-        for name in ("ring", "full", "crops", "features", "frames", "taps", "visual", "audio", "pred", "out_ring",
-                     "host_ring", "bindings", "run_options"):
-            setattr(self, name, None)
-        self.device.release()
-
+        # Work still queued (a copy in flight on an error path) must finish
+        # before the buffers it reads or writes are freed.
+        try:
+            self.device.synchronize()
+        finally:
+            if self.ring is not None:
+                self.ring.close()
+            for name in ("ring", "features", "frames", "taps", "visual", "audio", "pred", "out_ring", "host_ring",
+                         "bindings", "run_options"):
+                setattr(self, name, None)
+            self.device.release()

@@ -75,7 +75,8 @@ def engine_composite(backend, repeats: int) -> dict:
     """One composite launch for up to COMPOSITE_BATCH cached frames with fixed
     predictions, and a device copy of the same bytes, timed on the engine's device."""
     dev = backend.device
-    batch = min(COMPOSITE_BATCH, backend.slots)
+    ring = backend.ring
+    batch = min(COMPOSITE_BATCH, ring.slots)
     pred = dev.to_device(fixed_predictions(batch))
     out = dev.empty((batch, backend.dataset.height, backend.dataset.width, 3), np.uint8)
     frame_bytes = out[0].nbytes
@@ -91,9 +92,9 @@ def engine_composite(backend, repeats: int) -> dict:
             seconds.append(dev.seconds_between(a, b))
         return seconds
 
-    kernel = timed(lambda: dev.composite(backend.full, backend.crops, pred, backend.frames, backend.taps, out, 0,
-                                         backend.slots, batch, backend.dataset.width, 0))
-    copy = timed(lambda: dev.copy(out, backend.full[:batch]))
+    kernel = timed(lambda: dev.composite(ring.full, ring.crops, pred, backend.frames, backend.taps, out, 0,
+                                         ring.slots, batch, backend.dataset.width, 0))
+    copy = timed(lambda: dev.copy(out, ring.full[:batch]))
     kernel_gbps = [batch * frame_bytes / s / 1e9 for s in kernel]
     copy_gbps = [batch * frame_bytes / s / 1e9 for s in copy]
     return {

@@ -125,7 +125,7 @@ def markdown(report: dict) -> str:
                 continue
 
             def mp(k, d=0):
-                return f"{s[k]['mean']:.{d}f}/{s[k]['p95']:.{d}f}"
+                return f"{s[k]['mean']:.{d}f}/{s[k]['p95']:.{d}f}" if s.get(k) else "n/a"
             lines.append(f"| {row['backend']} b{row['batch']} w{row['workers']} ({row['model']}) | {mp('gpu_util_pct')} | "
                          f"{mp('mem_util_pct')} | {mp('mem_used_mib')} | {mp('power_w')} | {mp('sm_clock_mhz')} | "
                          f"{mp('pcie_rx_mbps')} / {mp('pcie_tx_mbps')} | {mp('temp_c')} |")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..contract import AUDIO_SHAPE, PRED_SHAPE, VISUAL_SHAPE
-from ..errors import ModelError
+from ..errors import BackendUnavailable, ModelError
 
 _FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 # ONNX Runtime on the CPU settles only after a few runs of a shape (its thread
@@ -64,13 +64,22 @@ def discover_io(inputs, outputs, where: str) -> ModelIO:
     return ModelIO(visual[0].name, audio[0].name, outputs[0].name, _FLOAT_TYPES[next(iter(types))])
 
 
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's text (ONNX Runtime's run over several)."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
 def load_session(path: Path, providers: list, threads: int | None = None):
-    """An onnxruntime InferenceSession, or a ModelError naming the file."""
+    """An onnxruntime InferenceSession, or a ModelError naming the file.
+
+    When a session with an accelerator's provider fails but the model loads on
+    the CPU, the provider is what failed, and the error says so."""
     import onnxruntime as ort
 
     path = Path(path)
     if not path.is_file():
-        raise ModelError(f"{path}: model file not found")
+        raise ModelError(f"{path}: model file not found" if not path.exists() else f"{path}: is not a file")
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors are reported by gpucomp, once
     if threads:
@@ -78,8 +87,17 @@ def load_session(path: Path, providers: list, threads: int | None = None):
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own types for every bad file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path}: not a usable ONNX model ({reason[:200]})") from None
+        reason = one_line(exc)
+    accelerated = [p for p in providers if (p[0] if isinstance(p, tuple) else p) != "CPUExecutionProvider"]
+    if accelerated:
+        try:
+            ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        except Exception:  # the model itself is bad: say that below
+            pass
+        else:
+            name = accelerated[0][0] if isinstance(accelerated[0], tuple) else accelerated[0]
+            raise BackendUnavailable(f"onnxruntime's {name} could not start with {path} ({reason})")
+    raise ModelError(f"{path}: not a usable ONNX model ({reason})")
 
 
 class ModelSession:
@@ -104,19 +122,20 @@ class ModelSession:
             try:
                 (pred,) = self.session.run([self.io.output], feeds)
             except Exception as exc:
-                raise ModelError(f"{self.path}: inference failed ({str(exc).strip()[:200]})") from None
+                raise ModelError(f"{self.path}: inference failed ({one_line(exc)})") from None
         expected = (visual.shape[0],) + PRED_SHAPE
         if pred.shape != expected:
             raise ModelError(f"{self.path}: output has shape {list(pred.shape)}, expected {list(expected)}")
         return pred.astype(np.float32, copy=False)
 
-    def run_bound(self, binding, run_options=None):
-        """Run with inputs and output bound to preallocated buffers (IOBinding)."""
+    def run_bound(self, binding, run_options=None, *, what: str = "inference", hint: str = ""):
+        """Run with inputs and output bound to preallocated buffers (IOBinding);
+        a failure reads `<model>: <what> failed (<reason>)<hint>`."""
         with self._lock:
             try:
                 self.session.run_with_iobinding(binding, run_options)
             except Exception as exc:
-                raise ModelError(f"{self.path}: inference failed ({str(exc).strip()[:200]})") from None
+                raise ModelError(f"{self.path}: {what} failed ({one_line(exc)}){hint}") from None
 
     def warm_up(self, batch: int):
         """Run this batch shape until it has settled, outside any timing."""
