@@ -196,42 +196,63 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_render(args) -> int:
+    from .atomic import refuse_output_over_inputs
     from .backends import RenderSettings, create, resolve
     from .dataset import Dataset
-    from .encode import IMAGE_FORMATS, complete_frames, open_sink
+    from .encode import IMAGE_FORMATS, frame_name, open_sink, prepare_output_dir
     from .pipeline import render
     from .report import print_summary
+    from .resume import FrameLog, run_record
     from .telemetry import Progress, StageStats, decode_progress
     from .video_out import STDOUT
 
     # With frames on stdout, everything else goes to stderr.
     info = sys.stderr if str(args.output) == STDOUT else sys.stdout
+    show = not args.quiet
+
+    def notify(text: str):  # notices go where progress goes; --quiet silences them
+        if show:
+            print(f"note: {text}", file=sys.stderr)
+
     dataset = Dataset.open(args.data, clip_rects=args.clip_rects)
     indices = dataset.select(args.start, args.frames)
+    if str(args.output) != STDOUT:
+        refuse_output_over_inputs(Path(args.output), dataset.root,
+                                  [dataset.full.path, dataset.crops.path, dataset.rects_path, dataset.features_path,
+                                   dataset.audio_path, args.model, args.audio])
+    if args.resume and args.format not in IMAGE_FORMATS:
+        raise GpucompError(f"--resume works with png and jpg output; --format {args.format} is written whole")
     name, notice = resolve(args.backend)
     if notice:
-        print(f"note: {notice}", file=sys.stderr)
+        notify(notice)
     stats = StageStats()
     settings = RenderSettings(batch=args.batch, workers=args.workers, feather=args.feather,
                               cudnn_algo=args.cudnn_algo.upper(), cuda_graph=args.cuda_graph, tf32=args.tf32,
                               cache_budget=args.cache_budget)
-    show = not args.quiet
     keep = frozenset()
-    if args.resume:
-        if args.format not in IMAGE_FORMATS:
-            raise GpucompError(f"--resume works with png and jpg output; --format {args.format} is written whole")
-        keep = complete_frames(args.output, indices, args.format)
-        if len(keep) == len(indices):
-            print(f"nothing to render: all {len(indices)} frames in {args.output} are complete", file=info)
-            return 0
-        if show:
-            print(f"resume: {len(keep)} of {len(indices)} frames are complete, rendering the other "
-                  f"{len(indices) - len(keep)}", file=sys.stderr)
     with create(name, dataset, args.model, settings, stats) as backend:
+        log = None
+        if args.format in IMAGE_FORMATS and str(args.output) != STDOUT:
+            # Recorded only now that the model has loaded: a run that fails on bad
+            # input leaves an earlier run's record, and so its resume, intact.
+            record = run_record(dataset=dataset, model_path=args.model, indices=indices, settings=settings,
+                                backend=name, fmt=args.format)
+            log = FrameLog(prepare_output_dir(Path(args.output)))
+            if args.resume:
+                keep = log.resume(record, {i: frame_name(i, args.format) for i in indices})
+                if len(keep) == len(indices):
+                    log.close()
+                    print(f"nothing to render: all {len(indices)} frames in {args.output} are complete", file=info)
+                    return 0
+                if show:
+                    print(f"resume: {len(keep)} of {len(indices)} frames are complete, rendering the other "
+                          f"{len(indices) - len(keep)}", file=sys.stderr)
+            else:
+                log.start(record)
         sink = open_sink(args.format, args.output, dataset=dataset, indices=indices, workers=args.workers,
                          stats=stats, crf=args.crf, preset=args.preset, encoder=args.encoder,
                          audio_path=args.audio, audio_rate=args.audio_rate, audio=not args.no_audio,
-                         notify=lambda text: print(f"note: {text}", file=sys.stderr))
+                         notify=notify, log=log)
         try:
             if show:
                 print(f"render: {backend.describe()}, frames {indices.start}..{indices.stop - 1} of {dataset.root}, "
@@ -251,9 +272,14 @@ def _cmd_render(args) -> int:
             result = render(backend, len(indices), sink, batch=args.batch, progress=progress, keep=keep)
         except KeyboardInterrupt:
             progress.close()
-            unfinished_file = args.format not in ("png", "jpg") and str(args.output) != STDOUT
-            print(f"interrupted: {sink.written} frames were written completely to {sink.label}"
-                  + (" (the unfinished file was removed)" if unfinished_file else ""), file=sys.stderr)
+            if args.format in IMAGE_FORMATS:
+                print(f"interrupted: {sink.written} frames were written completely to {sink.label}; "
+                      f"--resume renders the rest", file=sys.stderr)
+            elif str(args.output) == STDOUT:
+                print(f"interrupted: {sink.written} frames were written to stdout", file=sys.stderr)
+            else:
+                print(f"interrupted: the unfinished {sink.label} was removed ({sink.written} frames had been "
+                      f"encoded)", file=sys.stderr)
             return EXIT_INTERRUPTED
         progress.close()
     print_summary(result, backend_name=backend.describe(), prepare_seconds=prepared, stream=info)

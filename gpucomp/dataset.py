@@ -103,6 +103,8 @@ class Dataset:
     placements: list[Placement]
     features: np.ndarray
     audio_path: Path | None
+    features_path: Path
+    clip_rects: bool = False
 
     @property
     def frames(self) -> int:
@@ -143,7 +145,7 @@ class Dataset:
                       for i, r in enumerate(raw)]
         features = load_features(root / FEATURES_FILE)
         audio = next((root / n for n in AUDIO_FILES if (root / n).is_file()), None)
-        return cls(root, full, crops, rects_path, placements, features, audio)
+        return cls(root, full, crops, rects_path, placements, features, audio, root / FEATURES_FILE, clip_rects)
 
     def select(self, start: int = 0, frames: int | None = None) -> range:
         """Dataset frame indices for --start/--frames, checked against the length."""

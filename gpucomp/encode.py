@@ -38,36 +38,6 @@ def frame_name(index: int, fmt: str) -> str:
     return f"frame_{index:05d}.{fmt}"
 
 
-PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # an empty IEND chunk and its CRC
-
-
-def is_complete(path: Path, fmt: str) -> bool:
-    """A frame file that ends as its format requires (PNG: the IEND chunk,
-    JPEG: the end-of-image marker). Files are renamed into place only when
-    whole, so this guards against damage from outside, not against ourselves."""
-    try:
-        size = path.stat().st_size
-        if size < 16:
-            return False
-        with open(path, "rb") as f:
-            head = f.read(8)
-            f.seek(size - 12)
-            tail = f.read(12)
-    except OSError:
-        return False
-    if fmt == "png":
-        return head == b"\x89PNG\r\n\x1a\n" and tail == PNG_END
-    return head[:2] == b"\xff\xd8" and tail[-2:] == b"\xff\xd9"
-
-
-def complete_frames(directory: Path, indices, fmt: str) -> frozenset[int]:
-    """Dataset indices among `indices` whose output file is complete."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return frozenset()
-    return frozenset(i for i in indices if is_complete(directory / frame_name(i, fmt), fmt))
-
-
 def remove_stale_temporaries(directory: Path) -> int:
     """Delete temporary frame files left by runs that no longer exist (a crash,
     kill -9); temporaries of a live process are left alone."""
@@ -105,7 +75,7 @@ class ImageSequenceSink:
     """
 
     def __init__(self, directory: Path, fmt: str, workers: int, stats: StageStats,
-                 jpeg_quality: int = JPEG_QUALITY):
+                 jpeg_quality: int = JPEG_QUALITY, log=None):
         if fmt not in IMAGE_FORMATS:
             raise OutputError(f"unknown image format {fmt!r} (choose from {', '.join(IMAGE_FORMATS)})")
         self.directory = prepare_output_dir(directory)
@@ -114,6 +84,7 @@ class ImageSequenceSink:
         self.fmt = fmt
         self.stats = stats
         self.jpeg_quality = jpeg_quality
+        self.log = log  # gpucomp.resume.FrameLog: what a later --resume may keep
         self.written = 0
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="encode")
         self._lock = threading.Lock()
@@ -128,8 +99,12 @@ class ImageSequenceSink:
         ok = False
         try:
             if self._error is None:  # after a failure, drop the rest quickly
+                name = frame_name(index, self.fmt)
                 with Timer(self.stats, "save", 1):
-                    write_atomic(self.directory / frame_name(index, self.fmt), self._encode(frame))
+                    data = self._encode(frame)
+                    write_atomic(self.directory / name, data)
+                    if self.log is not None:
+                        self.log.written(name, data)
                 ok = True
                 with self._lock:
                     self.written += 1
@@ -156,16 +131,22 @@ class ImageSequenceSink:
     def close(self):
         """Wait for every queued frame, then raise the first failure if any."""
         self._pool.shutdown(wait=True)
+        self._close_log()
         self.check()
 
     def abort(self):
         """Drop frames not started yet; frames being written are finished."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._close_log()
+
+    def _close_log(self):
+        if self.log is not None:
+            self.log.close()
 
 
 def open_sink(fmt: str, output, *, dataset, indices: range, workers: int, stats: StageStats, crf: int = 18,
               preset: str = "medium", encoder: str = "auto", audio_path=None, audio_rate=None,
-              audio: bool = True, notify=None):
+              audio: bool = True, notify=None, log=None):
     """The sink for --format: an image sequence directory, an MP4 file, or a
     Y4M/raw stream to a file or stdout ('-'). `notify(text)` receives notices."""
     from .video_out import STDOUT, Mp4Sink, StreamSink, choose_encoder
@@ -173,7 +154,7 @@ def open_sink(fmt: str, output, *, dataset, indices: range, workers: int, stats:
     if fmt in IMAGE_FORMATS:
         if str(output) == STDOUT:
             raise OutputError(f"--format {fmt} writes one file per frame into a directory; stdout takes y4m or raw")
-        return ImageSequenceSink(output, fmt, workers, stats)
+        return ImageSequenceSink(output, fmt, workers, stats, log=log)
     if fmt in ("y4m", "raw"):
         return StreamSink(output, fmt, dataset.width, dataset.height, dataset.fps, stats)
     if fmt != "mp4":

@@ -52,7 +52,7 @@ def test_render_png_matches_plain_reading(small_dataset, tiny_model, tmp_path, c
                      "--backend", "cpu", "--batch", "4", "--workers", "2", "--start", "2", "--frames", "21"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in out.glob("frame_*"))
     assert names == [f"frame_{i:05d}.png" for i in range(2, 23)]
     expected = expected_frames(small_dataset, tiny_model, list(range(2, 23)), batch=4)
     for i, frame in expected.items():
@@ -84,9 +84,12 @@ def test_gpu_backend_without_device_is_exit_2(small_dataset, tiny_model, tmp_pat
 @pytest.mark.skipif(cuda_unavailable_reason() is None, reason="a CUDA device is present")
 def test_auto_falls_back_to_cpu_and_says_so(small_dataset, tiny_model, tmp_path, capsys):
     assert cli.main(["render", "--data", str(small_dataset), "--model", str(tiny_model), "--output",
-                     str(tmp_path / "o"), "--frames", "2", "--quiet"]) == 0
+                     str(tmp_path / "o"), "--frames", "2"]) == 0
     captured = capsys.readouterr()
     assert "using the cpu backend" in captured.err and "backend         cpu" in captured.out
+    assert cli.main(["render", "--data", str(small_dataset), "--model", str(tiny_model), "--output",
+                     str(tmp_path / "q"), "--frames", "2", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""  # --quiet silences notices
 
 
 @pytest.mark.parametrize("args, message", [
@@ -115,7 +118,7 @@ def test_output_that_cannot_be_written(small_dataset, tiny_model, tmp_path, caps
 
 def _complete_outputs(out):
     """Every final-named file decodes to a full frame; no temporary file is left."""
-    leftovers = [p.name for p in out.iterdir() if p.name.startswith(".")]
+    leftovers = [p.name for p in out.glob(".*.tmp")]
     assert leftovers == []
     files = sorted(out.glob("frame_*.png"))
     for f in files:

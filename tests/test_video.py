@@ -151,11 +151,14 @@ def test_nvenc_choice_and_fallback(monkeypatch):
 @pytest.mark.skipif(nvenc_unavailable_reason() is None, reason="this machine has a usable NVENC")
 def test_fallback_notice_on_this_machine(small_dataset, tiny_model, tmp_path):
     r = run_cli("render", "--data", small_dataset, "--model", tiny_model, "--output", tmp_path / "o.mp4",
-                "--format", "mp4", "--frames", "3", "--backend", "cpu", "--quiet")
+                "--format", "mp4", "--frames", "3", "--backend", "cpu")
     assert r.returncode == 0
     notes = [line for line in r.stderr.splitlines() if "h264_nvenc" in line]
     assert len(notes) == 1 and notes[0].startswith("note: h264_nvenc is not usable here (")
     assert notes[0].endswith("; encoding with libx264")
+    quiet = run_cli("render", "--data", small_dataset, "--model", tiny_model, "--output", tmp_path / "q.mp4",
+                    "--format", "mp4", "--frames", "3", "--backend", "cpu", "--quiet")
+    assert quiet.returncode == 0 and "h264_nvenc" not in quiet.stderr  # notices go where progress goes
 
 
 def test_interrupted_mp4_leaves_no_file(small_dataset, tiny_model, tmp_path):
@@ -172,7 +175,7 @@ def test_interrupted_mp4_leaves_no_file(small_dataset, tiny_model, tmp_path):
     _, stderr = proc.communicate(timeout=60)
     if proc.returncode == 0:
         pytest.skip("the render finished before the signal arrived")
-    assert proc.returncode == 130 and "the unfinished file was removed" in stderr
+    assert proc.returncode == 130 and f"the unfinished {path} was removed" in stderr
     assert list(tmp_path.iterdir()) == []
 
 

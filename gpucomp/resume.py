@@ -1,0 +1,160 @@
+"""What a resumed render may keep: the run record and the frame log.
+
+An image-sequence render writes two hidden files into its output directory:
+
+    .gpucomp-run.json     everything that decides the pixels (model content,
+                          dataset identity, frame range, batch, compositing
+                          options, backend family, precision, format), written
+                          atomically when the render starts
+    .gpucomp-frames.log   one line "<file name> <blake2b of its bytes>" appended
+                          after each frame file is renamed into place
+
+`--resume` refuses unless the record matches the new run's, naming what
+differs, and keeps only frames listed in the log whose bytes still hash to the
+logged digest: a frame from another run, or one damaged anywhere (not only at
+its ends), is rendered again. A render without --resume starts a new record
+and an empty log, so frames it has not rewritten yet are never kept later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+
+from .atomic import write_atomic
+from .errors import GpucompError
+
+RECORD_NAME = ".gpucomp-run.json"
+LOG_NAME = ".gpucomp-frames.log"
+_EDGE = 1 << 20  # bytes hashed at each end of a video (its identity without reading it whole)
+
+
+def file_digest(path: Path, *, whole: bool = True) -> str:
+    """blake2b of a file; with whole=False of its size, first and last MiB only."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        if whole:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        else:
+            size = os.fstat(f.fileno()).st_size
+            h.update(str(size).encode())
+            h.update(f.read(_EDGE))
+            f.seek(max(0, size - _EDGE))
+            h.update(f.read(_EDGE))
+    return h.hexdigest()
+
+
+def bytes_digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def run_record(*, dataset, model_path: Path, indices: range, settings, backend: str, fmt: str,
+               extra: dict | None = None) -> dict:
+    """The facts that decide every output pixel of this render."""
+    # cpu and gpu-sim run the same ONNX Runtime CPU kernels and bit-exact
+    # compositing, so they may finish each other's runs; gpu's model numerics differ.
+    family = "onnxruntime-cpu" if backend in ("cpu", "gpu-sim") else "cuda"
+    record = {
+        "model": file_digest(model_path),
+        "full_body_video": file_digest(dataset.full.path, whole=False),
+        "crops_video": file_digest(dataset.crops.path, whole=False),
+        "rectangles": file_digest(dataset.rects_path),
+        "features": file_digest(dataset.features_path),
+        "frames": [indices.start, indices.stop],
+        "batch": settings.batch,
+        "feather": settings.feather,
+        "clip_rects": dataset.clip_rects,
+        "backend_family": family,
+        "format": fmt,
+    }
+    if family == "cuda":
+        record.update(tf32=settings.tf32, cudnn_algo=settings.cudnn_algo, cuda_graph=settings.cuda_graph)
+    record.update(extra or {})
+    return record
+
+
+_NAMES = {"model": "the model", "full_body_video": "the full-body video", "crops_video": "the crops video",
+          "rectangles": "the rectangles", "features": "the audio features", "frames": "the frame range",
+          "batch": "--batch", "feather": "--feather", "clip_rects": "--clip-rects", "backend_family": "the backend",
+          "format": "--format", "tf32": "--tf32", "cudnn_algo": "--cudnn-algo", "cuda_graph": "--cuda-graph"}
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    keys = [k for k in _NAMES if k in old or k in new] + sorted((set(old) | set(new)) - set(_NAMES))
+    return [_NAMES.get(k, k) for k in keys if old.get(k) != new.get(k)]
+
+
+class FrameLog:
+    """The record and the frame log of one output directory."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self._lock = threading.Lock()
+        self._file = None
+
+    def start(self, record: dict):
+        """A new run: its record, and an empty log (written atomically)."""
+        write_atomic(self.directory / LOG_NAME, b"")
+        write_atomic(self.directory / RECORD_NAME, json.dumps(record, indent=1, sort_keys=True).encode())
+        self._open()
+
+    def resume(self, record: dict, names: dict[int, str]) -> frozenset[int]:
+        """Indices (of `names`: index -> file name) whose files are kept, or a
+        GpucompError when the earlier run differs or left no record."""
+        path = self.directory / RECORD_NAME
+        try:
+            old = json.loads(path.read_text())
+        except FileNotFoundError:
+            if any((self.directory / name).exists() for name in names.values()):
+                raise GpucompError(f"{self.directory}: --resume finds frames but no record of the run that wrote "
+                                   f"them ({RECORD_NAME}); run without --resume to render them all again") from None
+            self.start(record)
+            return frozenset()
+        except (OSError, ValueError) as exc:
+            raise GpucompError(f"{path}: unreadable ({exc}); run without --resume to start over") from None
+        differ = _differences(old, record)
+        if differ:
+            raise GpucompError(f"{self.directory}: --resume refused: {', '.join(differ)} differ from the interrupted "
+                               f"run's; run without --resume to render every frame again")
+        logged = self._logged()
+        keep = set()
+        for index, name in names.items():
+            digest = logged.get(name)
+            try:
+                if digest is not None and file_digest(self.directory / name) == digest:
+                    keep.add(index)
+            except OSError:
+                pass
+        self._open()
+        return frozenset(keep)
+
+    def _logged(self) -> dict[str, str]:
+        logged = {}
+        try:
+            text = (self.directory / LOG_NAME).read_text(errors="replace")
+        except FileNotFoundError:
+            return logged
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) == 2 and len(parts[1]) == 32:  # a line cut short by a kill is ignored
+                logged[parts[0]] = parts[1]
+        return logged
+
+    def _open(self):
+        self._file = open(self.directory / LOG_NAME, "a")
+
+    def written(self, name: str, data: bytes):
+        """Log a frame file that is complete and in place."""
+        line = f"{name} {bytes_digest(data)}\n"
+        with self._lock:
+            self._file.write(line)
+            self._file.flush()
+
+    def close(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
