@@ -21,17 +21,42 @@ def temporary_path(final: Path) -> Path:
 
 
 def is_special_file(path: Path) -> bool:
-    """An existing target that is neither a regular file nor a directory."""
+    """An existing target that is neither a regular file nor a directory, or
+    any path under /dev (/dev/stdout may lead to a regular file, which a rename
+    must not replace)."""
+    path = Path(path)
+    if path.is_absolute() and path.parts[:2] == ("/", "dev"):
+        return True
     return path.exists() and not path.is_file() and not path.is_dir()
+
+
+def remove_stale_temporaries(directory: Path, pattern: str = ".*.tmp") -> int:
+    """Delete temporaries (`.NAME.PID.tmp`) left by processes that no longer
+    exist (a crash, kill -9); a live process's are left alone."""
+    removed = 0
+    for path in Path(directory).glob(pattern):
+        try:
+            pid = int(path.name.rsplit(".", 2)[-2])
+            os.kill(pid, 0)
+            continue  # that run is alive
+        except ProcessLookupError:
+            pass
+        except (ValueError, PermissionError):
+            continue
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 class AtomicTarget:
     """Where to write `final` (`path`), and how to finish: `commit()` puts the
     complete file in place, `discard()` removes an unfinished one."""
 
-    def __init__(self, final: Path):
+    def __init__(self, final: Path, *, clean: bool = False):
         self.final = Path(final)
         self.path = self.final if is_special_file(self.final) else temporary_path(self.final)
+        if clean and self.path != self.final:  # a killed writer of the same file left its temporary
+            remove_stale_temporaries(self.final.parent, f".{self.final.name}.*.tmp")
 
     def commit(self):
         if self.path != self.final:

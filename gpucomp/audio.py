@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DatasetError
+from .errors import DatasetError, OutputError, file_problem
 
 DEFAULT_RATE = 16000
 
@@ -36,8 +36,9 @@ class AudioTrack:
 
 def load_audio(path: Path, rate: int | None = None) -> AudioTrack:
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: audio file not found")
+    problem = file_problem(path)
+    if problem:
+        raise DatasetError(f"{path}: {'audio file not found' if problem == 'file not found' else problem}")
     if path.suffix.lower() == ".npy":
         try:
             samples = np.load(path, allow_pickle=False)
@@ -74,3 +75,20 @@ def _decode(path: Path) -> AudioTrack:
         raise DatasetError(f"{path}: cannot be decoded as audio ({str(exc).splitlines()[0][:120]})") from None
     samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
     return AudioTrack(samples, int(rate))
+
+
+def check_aac_rate(rate: int) -> None:
+    """An OutputError now, before rendering, when the AAC encoder refuses this
+    sample rate (it would otherwise fail when the finished video is closed)."""
+    import av
+
+    try:
+        context = av.CodecContext.create("aac", "w")
+        context.sample_rate = rate
+        context.layout = "mono"
+        context.format = "fltp"
+        context.open()
+    except Exception as exc:  # av's own error types
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OutputError(f"the AAC encoder does not take {rate} Hz audio ({text[:120]}); resample the track "
+                          f"(e.g. to 16000, 44100 or 48000 Hz) or use --no-audio") from None

@@ -60,8 +60,10 @@ def _size(text: str) -> int:
         value = float(t[: len(t) - len(unit)])
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size like 2G or 512M") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    if value != value or value <= 0:  # NaN, zero, negative
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive size")
+    if value * _UNITS[unit] >= 2**62:  # infinity, or more bytes than any machine has
+        raise argparse.ArgumentTypeError(f"{text!r} is too large")
     return int(value * _UNITS[unit])
 
 
@@ -305,6 +307,13 @@ def guarded(run) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except MemoryError as exc:  # an allocation the estimates did not foresee (a process memory limit, say)
+        from .resources import available_memory, format_bytes
+
+        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else "an allocation failed"
+        print(f"error: out of memory ({detail}); only {format_bytes(available_memory())} of RAM is free; "
+              f"lower --batch or --cache-budget, or render a part with --start/--frames", file=sys.stderr)
+        return EXIT_BAD_INPUT
     finally:
         signal.signal(signal.SIGTERM, previous)
 

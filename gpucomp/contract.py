@@ -104,6 +104,12 @@ def _as_int(value, what: str) -> int:
     raise DatasetError(f"{what}: coordinate {value!r} is not an integer")
 
 
+# Largest rectangle side, and coordinate magnitude, accepted even with clipping:
+# bilinear tables are sized by the rectangle, and the kernels index in int32.
+MAX_RECT_SIDE = 16384
+MAX_COORDINATE = 1 << 30
+
+
 def place(rect, frame_width: int, frame_height: int, *, clip: bool, where: str) -> Placement:
     """Validate one rectangle against the frame and say where it lands.
 
@@ -118,6 +124,11 @@ def place(rect, frame_width: int, frame_height: int, *, clip: bool, where: str) 
         raise DatasetError(f"{where}: rectangle {[x1, y1, x2, y2]} is inverted (x2 < x1 or y2 < y1)")
     if x2 == x1 or y2 == y1:
         raise DatasetError(f"{where}: rectangle {[x1, y1, x2, y2]} is empty (zero width or height)")
+    if max(abs(x1), abs(y1), abs(x2), abs(y2)) > MAX_COORDINATE:
+        raise DatasetError(f"{where}: rectangle {[x1, y1, x2, y2]} has a coordinate beyond +-{MAX_COORDINATE}")
+    if x2 - x1 > MAX_RECT_SIDE or y2 - y1 > MAX_RECT_SIDE:
+        raise DatasetError(f"{where}: rectangle {[x1, y1, x2, y2]} is {x2 - x1}x{y2 - y1} px; a face rectangle "
+                           f"may be at most {MAX_RECT_SIDE} px a side")
     inside = 0 <= x1 and 0 <= y1 and x2 <= frame_width and y2 <= frame_height
     if not inside and not clip:
         raise DatasetError(
@@ -198,6 +209,13 @@ def audio_window_rows(index: int, rows: int) -> tuple[int, int, int]:
     first = index - AUDIO_LEAD
     lo, hi = max(first, 0), min(first + AUDIO_WINDOW, rows)
     return lo, max(hi, lo), lo - first
+
+
+def feature_rows(indices: range, rows: int) -> range:
+    """The feature rows the audio windows of frames `indices` read: every row of
+    [start - 8, stop + 6] that exists. Windows computed from only these rows,
+    with zeros outside them, equal windows computed from all of them."""
+    return range(max(0, indices.start - AUDIO_LEAD), min(rows, indices.stop + AUDIO_WINDOW - AUDIO_LEAD - 1))
 
 
 def audio_input(features: np.ndarray, indices, out: np.ndarray | None = None) -> np.ndarray:

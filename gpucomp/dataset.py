@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .contract import CROP_SIZE, FEATURE_DIM, Placement, place
-from .errors import DatasetError
+from .errors import DatasetError, file_problem
 from .videoio import FrameReader, VideoInfo, probe_video
 
 FULL_VIDEO = "full_body_video.mp4"
@@ -36,10 +36,13 @@ PRELOAD_MEMORY_SHARE = 0.8
 
 def load_rectangles(path: Path) -> list:
     """The raw [x1, y1, x2, y2] of every frame, in frame order, from either schema."""
+    problem = file_problem(path)
+    if problem:
+        raise DatasetError(f"{path}: {problem}")
     try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: file not found") from None
+        data = json.loads(Path(path).read_text(), object_pairs_hook=_unique_keys(path))
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     except UnicodeDecodeError:
         raise DatasetError(f"{path}: not a text file") from None
     except json.JSONDecodeError as exc:
@@ -67,29 +70,57 @@ def load_rectangles(path: Path) -> list:
     return [indices[i] for i in range(len(indices))]
 
 
+def _unique_keys(path):
+    """json object_pairs_hook: a DatasetError on a key given twice (JSON allows
+    it, and the last would silently win)."""
+    def build(pairs):
+        seen = {}
+        for key, value in pairs:
+            if key in seen:
+                raise DatasetError(f"{path}: key {key!r} appears twice")
+            seen[key] = value
+        return seen
+    return build
+
+
+_FEATURE_CHUNK = 1 << 16  # rows checked at a time: memory stays flat however long the features
+
+
 def load_features(path: Path) -> np.ndarray:
-    """(M, 512) float32 audio features, finite."""
+    """(M, 512) float32 audio features, finite, memory-mapped when stored as
+    float32 (rows are read when a window needs them)."""
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: file not found")
+    problem = file_problem(path)
+    if problem:
+        raise DatasetError(f"{path}: {problem}")
     try:
-        features = np.load(path, allow_pickle=False)
+        features = np.load(path, mmap_mode="r", allow_pickle=False)
+    except PermissionError:
+        raise DatasetError(f"{path}: permission denied") from None
     except Exception as exc:  # numpy raises several types for bad files
         raise DatasetError(f"{path}: not a readable .npy array ({str(exc).splitlines()[0][:120]})") from None
-    if not isinstance(features, np.ndarray) or features.ndim != 2 or features.shape[1] != FEATURE_DIM:
-        shape = getattr(features, "shape", "?")
-        raise DatasetError(f"{path}: features must have shape (M, {FEATURE_DIM}), got {shape}")
+    if not isinstance(features, np.ndarray):  # np.load gives an NpzFile for an .npz archive
+        raise DatasetError(f"{path}: is an .npz archive of arrays, not one .npy array of shape (M, {FEATURE_DIM})")
+    if features.ndim != 2 or features.shape[1] != FEATURE_DIM:
+        raise DatasetError(f"{path}: features must have shape (M, {FEATURE_DIM}), got {features.shape}")
     if features.shape[0] == 0:
         raise DatasetError(f"{path}: features have no rows")
     if not np.issubdtype(features.dtype, np.floating) and not np.issubdtype(features.dtype, np.integer):
         raise DatasetError(f"{path}: features must be real numbers, got dtype {features.dtype}")
-    with np.errstate(over="ignore"):  # values beyond float32 become inf, reported just below
-        features = np.ascontiguousarray(features, dtype=np.float32)
-    bad = ~np.isfinite(features)
-    if bad.any():
-        row = int(np.argwhere(bad)[0][0])
-        raise DatasetError(f"{path}: row {row} holds NaN or infinity")
-    return features
+    limit = np.finfo(np.float32).max
+    for lo in range(0, features.shape[0], _FEATURE_CHUNK):
+        chunk = np.asarray(features[lo : lo + _FEATURE_CHUNK])
+        bad = ~np.isfinite(chunk)
+        if bad.any():
+            raise DatasetError(f"{path}: row {lo + int(np.argwhere(bad)[0][0])} holds NaN or infinity")
+        if chunk.dtype != np.float32:
+            huge = np.abs(chunk.astype(np.float64)) > limit
+            if huge.any():
+                raise DatasetError(f"{path}: row {lo + int(np.argwhere(huge)[0][0])} holds a value beyond float32's "
+                                   f"range (|x| > 3.4e38)")
+    if features.dtype == np.float32 and features.flags.c_contiguous:
+        return features  # the memory map itself
+    return np.ascontiguousarray(features, dtype=np.float32)
 
 
 @dataclass
@@ -131,10 +162,17 @@ class Dataset:
         crops = probe_video(root / CROPS_VIDEO)
         if (crops.width, crops.height) != (CROP_SIZE, CROP_SIZE):
             raise DatasetError(f"{crops.path}: crops are {crops.width}x{crops.height}, expected {CROP_SIZE}x{CROP_SIZE}")
-        rects_path = next((root / n for n in RECT_FILES if (root / n).is_file()), None)
-        if rects_path is None:
+        present = [root / n for n in RECT_FILES if (root / n).exists()]
+        if not present:
             raise DatasetError(f"{root}: no {' or '.join(RECT_FILES)}")
+        rects_path = present[0]  # crop_rectangles.json first, when both agree
         raw = load_rectangles(rects_path)
+        if len(present) == 2:
+            other = load_rectangles(present[1])
+            if other != raw:
+                frame = next((i for i, (a, b) in enumerate(zip(raw, other)) if a != b), min(len(raw), len(other)))
+                raise DatasetError(f"{root}: {RECT_FILES[0]} and {RECT_FILES[1]} disagree (first at frame {frame}); "
+                                   f"remove the wrong one")
         if not raw:
             raise DatasetError(f"{rects_path}: no rectangles")
         for info in (full, crops):

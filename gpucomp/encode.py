@@ -10,7 +10,6 @@ name is always whole, even after Ctrl-C or a crash.
 
 from __future__ import annotations
 
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 from .errors import OutputError
 from .png import encode_png
 from .telemetry import StageStats, Timer
-from .atomic import ensure_writable, write_atomic
+from .atomic import ensure_writable, remove_stale_temporaries, write_atomic
 
 IMAGE_FORMATS = ("png", "jpg")
 JPEG_QUALITY = 95
@@ -36,24 +35,6 @@ def encode_jpeg(bgr: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
 
 def frame_name(index: int, fmt: str) -> str:
     return f"frame_{index:05d}.{fmt}"
-
-
-def remove_stale_temporaries(directory: Path) -> int:
-    """Delete temporary frame files left by runs that no longer exist (a crash,
-    kill -9); temporaries of a live process are left alone."""
-    removed = 0
-    for path in Path(directory).glob(".frame_*.tmp"):
-        try:
-            pid = int(path.name.rsplit(".", 2)[-2])
-            os.kill(pid, 0)
-            continue  # that run is alive
-        except ProcessLookupError:
-            pass
-        except (ValueError, PermissionError):
-            continue
-        path.unlink(missing_ok=True)
-        removed += 1
-    return removed
 
 
 def prepare_output_dir(path: Path) -> Path:
@@ -79,7 +60,7 @@ class ImageSequenceSink:
         if fmt not in IMAGE_FORMATS:
             raise OutputError(f"unknown image format {fmt!r} (choose from {', '.join(IMAGE_FORMATS)})")
         self.directory = prepare_output_dir(directory)
-        remove_stale_temporaries(self.directory)
+        remove_stale_temporaries(self.directory, ".frame_*.tmp")
         self.label = str(self.directory)
         self.fmt = fmt
         self.stats = stats
@@ -163,11 +144,12 @@ def open_sink(fmt: str, output, *, dataset, indices: range, workers: int, stats:
         raise OutputError("mp4 cannot be streamed to stdout (the index is written last); use y4m or raw")
     track = None
     if audio:
-        from .audio import load_audio
+        from .audio import check_aac_rate, load_audio
 
         source = audio_path or dataset.audio_path
         if source is not None:
             track = load_audio(source, audio_rate).segment(indices.start / dataset.fps, len(indices) / dataset.fps)
+            check_aac_rate(track.rate)
     name, notice = choose_encoder(encoder)
     if notice and notify:
         notify(notice)

@@ -6,6 +6,10 @@ as one line `error: ...` and exits with status 2; anything else is a bug and kee
 its traceback.
 """
 
+import os
+import stat
+from pathlib import Path
+
 
 class GpucompError(Exception):
     """Bad input or an unusable environment, explained in one line."""
@@ -29,3 +33,22 @@ class OutputError(GpucompError):
 
 class ResourceError(GpucompError):
     """Not enough host or device memory for what was asked."""
+
+
+def file_problem(path: Path) -> str | None:
+    """Why `path` cannot be read as an input file, in a few words, or None."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "file not found"
+    except PermissionError:
+        return "permission denied (its folder cannot be searched)"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if stat.S_ISDIR(mode):
+        return "is a directory, not a file"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file (a FIFO, socket or device)"
+    if not os.access(path, os.R_OK):
+        return "permission denied"
+    return None

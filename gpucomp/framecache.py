@@ -81,8 +81,15 @@ class FrameRing:
         self.count = len(indices)
         self.slots = min(slots, self.count)
         self.memory = memory
-        self.full = memory.empty((self.slots, dataset.height, dataset.width, 3), np.uint8)
-        self.crops = memory.empty((self.slots, CROP_SIZE, CROP_SIZE, 3), np.uint8)
+        try:
+            self.full = memory.empty((self.slots, dataset.height, dataset.width, 3), np.uint8)
+            self.crops = memory.empty((self.slots, CROP_SIZE, CROP_SIZE, 3), np.uint8)
+        except MemoryError:  # NumPy's and CuPy's out-of-memory errors both derive from it
+            kind = getattr(memory, "memory_kind", "RAM")
+            free = memory.free_memory() if hasattr(memory, "free_memory") else available_memory()
+            raise ResourceError(f"caching {self.slots} frames needs {format_bytes(self.slots * dataset.frame_bytes())} "
+                                f"of {kind} but only {format_bytes(free)} is free; lower --cache-budget or render "
+                                f"a part with --start/--frames") from None
         self._decoder = ChunkDecoder(dataset, indices)
         self._cond = threading.Condition()
         self._decoded = 0                 # positions [0, decoded) are in their slots

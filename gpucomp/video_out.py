@@ -146,7 +146,7 @@ class StreamSink(OrderedSink):
             self._target = None
             label = "stdout"
         else:
-            self._target = AtomicTarget(_check_file_target(Path(target), fmt))
+            self._target = AtomicTarget(_check_file_target(Path(target), fmt), clean=True)
             self._out = open(self._target.path, "wb")
             label = str(self._target.final)
         self._header = y4m_header(width, height, fps) if fmt == "y4m" else b""
@@ -184,6 +184,9 @@ def _check_file_target(path: Path, fmt: str) -> Path:
     if path.is_dir():
         raise OutputError(f"{path}: is a directory; --format {fmt} writes one file (e.g. {path / ('render.' + fmt)})")
     if is_special_file(path):  # /dev/null, a FIFO: written in place
+        if fmt == "mp4" and os.path.realpath(path) != os.devnull:  # /dev/null takes seeks; a pipe does not
+            raise OutputError(f"{path}: mp4 needs a regular file it can seek in (its index is written last); "
+                              f"stream y4m or raw to a pipe or device")
         if not os.access(path, os.W_OK):
             raise OutputError(f"{path}: cannot write there (permission denied)")
         return path

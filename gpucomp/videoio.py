@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from .atomic import AtomicTarget
-from .errors import DatasetError
+from .errors import DatasetError, file_problem
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,9 @@ class VideoInfo:
 def probe_video(path: Path) -> VideoInfo:
     """Frame count, size and rate of a video, or a DatasetError naming the file."""
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: file not found")
+    problem = file_problem(path)
+    if problem:
+        raise DatasetError(f"{path}: {problem}")
     if path.stat().st_size == 0:
         raise DatasetError(f"{path}: file is empty")
     cap = cv2.VideoCapture(str(path))
@@ -125,7 +126,7 @@ class H264Writer:
         import av  # PyAV loads FFmpeg; only writers need it
 
         self.path = Path(path)
-        self._target = AtomicTarget(self.path)
+        self._target = AtomicTarget(self.path, clean=True)
         self._container = av.open(str(self._target.path), mode="w", format="mp4")
         self._stream = self._container.add_stream(encoder, rate=_fps_fraction(fps))
         self._stream.width, self._stream.height = width, height

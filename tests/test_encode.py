@@ -31,7 +31,9 @@ def test_write_atomic_leaves_nothing_on_failure(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(encode.os, "replace", broken_replace)
+    import gpucomp.atomic
+
+    monkeypatch.setattr(gpucomp.atomic.os, "replace", broken_replace)
     with pytest.raises(OSError):
         write_atomic(target, b"data")
     assert list(tmp_path.iterdir()) == []

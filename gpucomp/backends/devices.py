@@ -18,7 +18,7 @@ import numpy as np
 
 from ..contract import AUDIO_WINDOW, FEATURE_DIM, ROI_SIZE
 from ..dataset import PRELOAD_MEMORY_SHARE
-from ..errors import BackendUnavailable, ResourceError
+from ..errors import ResourceError
 from ..framecache import HostMemory
 from ..resources import available_memory, format_bytes
 

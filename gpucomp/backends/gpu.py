@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..contract import AUDIO_SHAPE, PRED_SHAPE, VISUAL_SHAPE
+from ..contract import AUDIO_SHAPE, PRED_SHAPE, VISUAL_SHAPE, feature_rows
 from ..errors import BackendUnavailable, ModelError, ResourceError
 from ..framecache import FrameRing, ring_slots
 from ..kernel_layout import pack_frames
@@ -106,6 +106,9 @@ class GpuBackend(Backend):
         if ds.frame_bytes() >= 2**31:
             raise ResourceError(f"frames of {ds.width}x{ds.height} are too large for the kernels (2 GiB per frame)")
         self.indices = indices
+        self.session.check_batches(batch_sizes(n, batch))
+        # Only the feature rows this range's windows read go to the device.
+        self.feature_rows = feature_rows(indices, ds.features.shape[0])
         self.visual = dev.zeros((batch,) + VISUAL_SHAPE, np.float32)
         self.audio = dev.zeros((batch,) + AUDIO_SHAPE, np.float32)
         self.pred = dev.zeros((batch,) + PRED_SHAPE, np.float32)
@@ -117,7 +120,8 @@ class GpuBackend(Backend):
 
         # Still to come besides the cache: the device output ring, the pinned host
         # ring and the features.
-        reserved = 2 * self.max_in_flight * batch * ds.width * ds.height * 3 + ds.features.nbytes
+        rows = self.feature_rows
+        reserved = 2 * self.max_in_flight * batch * ds.width * ds.height * 3 + (rows.stop - rows.start) * 4 * 512
         budget, kind = self.settings.cache_budget, None
         if budget is None:  # what is free now
             budget, kind = max(0, dev.free_memory() - self.device_headroom()), dev.memory_kind
@@ -128,7 +132,7 @@ class GpuBackend(Backend):
         self.host_ring = [dev.host_buffer((batch, ds.height, ds.width, 3), np.uint8)
                           for _ in range(self.max_in_flight)]
         self.free_slots = list(range(self.max_in_flight))
-        self.features = dev.to_device(ds.features)
+        self.features = dev.to_device(np.ascontiguousarray(ds.features[rows.start : rows.stop]))
         frames, taps = pack_frames(ds.placements, indices)
         self.frames, self.taps = dev.to_device(frames), dev.to_device(taps)
         self.ring = FrameRing(dev, ds, indices, slots, progress)  # may start the decode-ahead thread
@@ -164,8 +168,10 @@ class GpuBackend(Backend):
     def _infer(self, positions: range):
         """Queue the input kernels and the model for frames already in the cache."""
         size, first = len(positions), positions.start
+        # Frame indices relative to the uploaded rows: the kernel zero-pads outside them,
+        # exactly where it would outside the whole features (see feature_rows).
         self.device.prepare_inputs(self.ring.crops, self.visual, self.audio, self.features, first, self.ring.slots,
-                                   size, self.indices[first])
+                                   size, self.indices[first] - self.feature_rows.start)
         self.session.run_bound(self.bindings[size], self.run_options[size])
 
     def infer_only(self, positions: range):

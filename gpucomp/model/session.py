@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..contract import AUDIO_SHAPE, PRED_SHAPE, VISUAL_SHAPE
-from ..errors import BackendUnavailable, ModelError
+from ..errors import BackendUnavailable, ModelError, file_problem
 
 _FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 # ONNX Runtime on the CPU settles only after a few runs of a shape (its thread
@@ -29,6 +29,7 @@ class ModelIO:
     audio: str
     output: str
     dtype: type  # element type the model takes and gives (float32, or float16 for fp16 exports)
+    fixed_batch: int | None = None  # an export with a static batch axis takes only this many frames
 
 
 def _describe(args) -> str:
@@ -61,7 +62,9 @@ def discover_io(inputs, outputs, where: str) -> ModelIO:
     if len(types) != 1 or next(iter(types)) not in _FLOAT_TYPES:
         raise ModelError(f"{where}: inputs and output must all be float32 (or all float16), "
                          f"found {_describe(inputs)} -> {_describe(outputs)}")
-    return ModelIO(visual[0].name, audio[0].name, outputs[0].name, _FLOAT_TYPES[next(iter(types))])
+    batch = visual[0].shape[0]
+    return ModelIO(visual[0].name, audio[0].name, outputs[0].name, _FLOAT_TYPES[next(iter(types))],
+                   batch if isinstance(batch, int) and batch > 0 else None)
 
 
 def one_line(exc: BaseException, limit: int = 200) -> str:
@@ -78,10 +81,13 @@ def load_session(path: Path, providers: list, threads: int | None = None):
     import onnxruntime as ort
 
     path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"{path}: model file not found" if not path.exists() else f"{path}: is not a file")
+    problem = file_problem(path)
+    if problem:
+        raise ModelError(f"{path}: {'model file not found' if problem == 'file not found' else problem}")
+    # Fatal only: every error reaches the user once, as gpucomp's one line.
+    ort.set_default_logger_severity(4)
     options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors are reported by gpucomp, once
+    options.log_severity_level = 4
     if threads:
         options.intra_op_num_threads = threads
     try:
@@ -114,6 +120,15 @@ class ModelSession:
         self.io = discover_io(self.session.get_inputs(), self.session.get_outputs(), str(self.path))
         self._lock = threading.Lock()
         self._warm: set[int] = set()
+
+    def check_batches(self, sizes) -> None:
+        """A ModelError before any run when the model's batch axis is static and
+        the render needs other batch sizes (ONNX Runtime would fail mid-run)."""
+        fixed = self.io.fixed_batch
+        if fixed is not None and any(size != fixed for size in sizes):
+            hint = f"use --batch {fixed}" + ("" if fixed == 1 else f" and a frame count that is a multiple of {fixed}")
+            raise ModelError(f"{self.path}: the model takes a fixed batch of {fixed} frame(s), the render needs "
+                             f"{sorted(sizes)}; {hint}")
 
     def run(self, visual: np.ndarray, audio: np.ndarray) -> np.ndarray:
         feeds = {self.io.visual: visual.astype(self.io.dtype, copy=False),
