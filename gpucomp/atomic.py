@@ -95,9 +95,9 @@ def refuse_output_over_inputs(output: Path, input_dir: Path, inputs) -> None:
     placed inside the input directory (symbolic links resolved): writing there
     could destroy what the render reads."""
     target = Path(output).resolve()
-    folder = Path(input_dir).resolve()
-    if target == folder or folder in target.parents:
-        raise OutputError(f"{output}: is inside the dataset directory {input_dir}; write the output elsewhere")
     for path in inputs:
         if path is not None and Path(path).resolve() == target:
             raise OutputError(f"{output}: is an input of this render ({path}); write the output elsewhere")
+    folder = Path(input_dir).resolve()
+    if target == folder or folder in target.parents:
+        raise OutputError(f"{output}: is inside the dataset directory {input_dir}; write the output elsewhere")

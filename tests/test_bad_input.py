@@ -2,11 +2,15 @@
 traceback, and writes no frame."""
 
 
+import json
+import os
+
 import numpy as np
 import onnx
 import pytest
 
 from gpucomp import cli
+from gpucomp.model import build_echo_model
 
 from .test_dataset import _rects, _set_rect, _set_rects, _truncate, _write_video
 from .test_model import BAD_MODELS
@@ -53,6 +57,68 @@ def _truncated_frames(d):
 
 def _args(*extra):
     return lambda case: case["args"].extend(extra)
+
+
+def _duplicate_key(d):
+    text = json.dumps(_rects(d))
+    (d / "crop_rectangles.json").write_text(text[:-1] + ', "0": {"rect": [1, 2, 3, 4]}}')
+
+
+def _disagreeing_rect_files(d):
+    rects = [v["rect"] for _, v in sorted(_rects(d).items(), key=lambda kv: int(kv[0]))]
+    rects[2] = [r + 1 for r in rects[2]]
+    (d / "crop_rects.json").write_text(json.dumps(rects))
+
+
+def _npz_features(d):
+    with open(d / "aud_ave.npy", "wb") as f:
+        np.savez(f, features=np.zeros((23, 512), np.float32))
+
+
+def _unreadable(name):
+    """As if `name` had mode 000 (tests run as root, which reads it anyway)."""
+    def setup(case):
+        import gpucomp.errors
+
+        real = os.access
+        case["monkeypatch"].setattr(gpucomp.errors.os, "access",
+                                    lambda p, mode: False if str(p).endswith(name) else real(p, mode))
+    return setup
+
+
+def _static_batch_model(case):
+    model = build_echo_model()
+    for value in list(model.graph.input) + list(model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    case["model"] = case["tmp"] / "static.onnx"
+    onnx.save(model, case["model"])
+    case["args"].extend(["--batch", "4"])
+
+
+def _output(fn):
+    """Set the output path: fn(case) -> path."""
+    return lambda case: case.update(out=fn(case))
+
+
+def _symlink_to_features(case):
+    link = case["tmp"] / "render.mp4"
+    link.symlink_to(case["data"] / "aud_ave.npy")
+    case["args"].extend(["--format", "mp4"])
+    return link
+
+
+def _fifo_output(case):
+    path = case["tmp"] / "pipe.mp4"
+    os.mkfifo(path)
+    case["args"].extend(["--format", "mp4"])
+    return path
+
+
+def _audio_at(rate):
+    def setup(case):
+        np.save(case["tmp"] / "voice.npy", np.zeros(16000, np.float32))
+        case["args"].extend(["--format", "mp4", "--audio", str(case["tmp"] / "voice.npy"), "--audio-rate", str(rate)])
+    return setup
 
 
 CORPUS = {
@@ -108,17 +174,52 @@ CORPUS = {
     "absurd --workers": (_args("--workers", "0"), "argument --workers: 0 is outside 1..256"),
     "--cache-budget not a size": (_args("--cache-budget", "lots"), "'lots' is not a size"),
     "--resume of a video": (_args("--resume", "--format", "mp4"), "--resume works with png and jpg"),
+    # ambiguous input
+    "rectangles JSON with a key twice": (_data(_duplicate_key), "crop_rectangles.json: key '0' appears twice"),
+    "two rectangle files that disagree": (_data(_disagreeing_rect_files),
+                                          "crop_rectangles.json and crop_rects.json disagree (first at frame 2)"),
+    # files that are not what they should be
+    "features are an .npz archive": (_data(_npz_features), "aud_ave.npy: is an .npz archive of arrays"),
+    "features beyond float32": (_features(np.full((23, 512), 1e300)), "row 0 holds a value beyond float32's range"),
+    "rectangles file is a directory": (_data(lambda d: ((d / "crop_rectangles.json").unlink(),
+                                                        (d / "crop_rectangles.json").mkdir())),
+                                       "crop_rectangles.json: is a directory, not a file"),
+    "video is a FIFO": (_data(lambda d: ((d / "full_body_video.mp4").unlink(), os.mkfifo(d / "full_body_video.mp4"))),
+                        "full_body_video.mp4: is not a regular file"),
+    "features unreadable": (_unreadable("aud_ave.npy"), "aud_ave.npy: permission denied"),
+    "video unreadable": (_unreadable("crops_328_video.mp4"), "crops_328_video.mp4: permission denied"),
+    "model unreadable": (_unreadable(".onnx"), ".onnx: permission denied"),
+    "model is a directory": (lambda c: c.update(model=c["tmp"]), "is a directory, not a file"),
+    # outputs that would destroy inputs
+    "output is the model": (_output(lambda c: c["model"]), "is an input of this render"),
+    "output inside the dataset": (_output(lambda c: c["data"] / "frames"), "is inside the dataset directory"),
+    "output is the dataset folder": (_output(lambda c: c["data"]), "is inside the dataset directory"),
+    "output is a link to an input": (_output(_symlink_to_features), "is an input of this render"),
+    # outputs that cannot work
+    "mp4 into a pipe": (_output(_fifo_output), "mp4 needs a regular file it can seek in"),
+    "audio rate AAC refuses": (_audio_at(1000), "the AAC encoder does not take 1000 Hz audio"),
+    # sizes and extremes
+    "--cache-budget infinite": (_args("--cache-budget", "inf"), "'inf' is too large"),
+    "--cache-budget overflowing": (_args("--cache-budget", "1e30G"), "'1e30G' is too large"),
+    "--cache-budget NaN": (_args("--cache-budget", "nan"), "'nan' must be a positive size"),
+    "huge clipped rectangle": (lambda c: (_set_rect(c["data"], 3, [-100000, 0, 100000, 100]),
+                                         c["args"].append("--clip-rects")),
+                               "is 200000x100 px; a face rectangle may be at most 16384 px a side"),
+    "far-off clipped rectangle": (lambda c: (_set_rect(c["data"], 3, [-2**40, 0, -2**40 + 100, 100]),
+                                            c["args"].append("--clip-rects")), "has a coordinate beyond"),
+    # models that cannot take the run
+    "static-batch model with --batch 4": (_static_batch_model, "takes a fixed batch of 1 frame(s)"),
 }
 
 
 @pytest.mark.parametrize("name", list(CORPUS))
-def test_bad_input(name, data, tiny_model, tmp_path, capsys):
+def test_bad_input(name, data, tiny_model, tmp_path, capsys, monkeypatch):
     setup, message = CORPUS[name]
-    case = {"data": data, "model": tiny_model, "tmp": tmp_path, "out": tmp_path / "out", "args": []}
+    case = {"data": data, "model": tiny_model, "tmp": tmp_path, "out": None, "args": [], "monkeypatch": monkeypatch}
     setup(case)
     out = case["out"]
-    if "--format" in case["args"]:
-        out = tmp_path / "out.mp4"
+    if out is None:
+        out = tmp_path / ("out.mp4" if "--format" in case["args"] else "out")
     code = cli.main(["render", "--data", str(case["data"]), "--model", str(case["model"]), "--output", str(out),
                      "--backend", "cpu", "--quiet", *case["args"]])
     err = capsys.readouterr().err.strip().splitlines()
@@ -130,4 +231,4 @@ def test_bad_input(name, data, tiny_model, tmp_path, capsys):
 
 
 def test_corpus_is_large_enough():
-    assert len(CORPUS) >= 25
+    assert len(CORPUS) >= 50

@@ -10,7 +10,6 @@ import cv2
 import numpy as np
 import pytest
 
-from gpucomp import encode
 from gpucomp.encode import ImageSequenceSink, encode_png, write_atomic
 from gpucomp.errors import OutputError
 from gpucomp.telemetry import StageStats
