@@ -2,11 +2,12 @@
 cache budget and report the peak memory.
 
     PYTHONPATH=. python3 benchmarks/long_video.py [--frames 3000] [--size 1920x1080]
-        [--budget 1G] [--backend cpu] [--out benchmarks/results/DIR]
+        [--budget 1G] [--backend cpu] [--format raw|png|jpg|mp4] [--out benchmarks/results/DIR]
 
 Builds (once, cached) a synthetic dataset of that length and size and the
-width-0.25 UNet-328, then renders every frame to raw BGR on /dev/null (so disk
-speed does not enter) in a fresh process, twice:
+width-0.25 UNet-328, then renders every frame (raw BGR to /dev/null by default,
+so disk speed does not enter; png/jpg into a temporary folder, mp4 to a
+temporary file) in a fresh process, twice:
 - the run itself, with --cache-budget;
 - a control run of 4 frames (its cache is negligible), to measure what the
   process holds besides the frame cache (Python, ONNX Runtime, buffers).
@@ -19,6 +20,8 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
+import tempfile
 import subprocess
 import sys
 import threading
@@ -29,6 +32,7 @@ from gpucomp.bench.reports import write_result
 from gpucomp.cli import _size
 from gpucomp.backends.base import Backend
 from gpucomp.demo import SYNTH_VERSION, cache_dir, demo_model
+from gpucomp.encode import encoder_bytes
 from gpucomp.framecache import in_flight_bytes, ring_slots
 from gpucomp.resources import format_bytes
 from gpucomp.synth import write_dataset
@@ -97,22 +101,27 @@ def main(argv=None):
     ap.add_argument("--budget", type=_size, default=_size("1G"))
     ap.add_argument("--backend", default="cpu")
     ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--format", default="raw", choices=("raw", "png", "jpg", "mp4"))
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     width, height = (int(v) for v in args.size.split("x"))
     data, model = dataset(args.frames, width, height), demo_model(0.25, quiet=True)
-    common = ["--data", str(data), "--model", str(model), "--output", os.devnull, "--format", "raw",
+    scratch = tempfile.mkdtemp(prefix="gpucomp-long-")
+    output = os.devnull if args.format == "raw" else os.path.join(scratch, "out" + (
+        ".mp4" if args.format == "mp4" else ""))
+    common = ["--data", str(data), "--model", str(model), "--output", output, "--format", args.format,
               "--backend", args.backend, "--batch", str(args.batch), "--quiet"]
     frame_bytes = width * height * 3 + 328 * 328 * 3
     # What the cpu backend makes of the budget (the same two functions it calls).
-    reserved = in_flight_bytes(args.batch, 4, Backend.max_in_flight, width * height * 3)
+    reserved = in_flight_bytes(args.batch, 4, Backend.max_in_flight, width * height * 3) + \
+        encoder_bytes(args.format, width, height)
     ring = ring_slots(args.frames, frame_bytes, args.budget, args.batch, "long video", reserved=reserved)
     # The control run first: RUSAGE_CHILDREN keeps the largest child's peak.
     _, control_rss = run(common + ["--frames", "4"])
     with GpuMemoryPeak() as gpu:
         seconds, peak_rss = run(common + ["--cache-budget", str(args.budget)])
     result = {
-        "frames": args.frames, "size": args.size, "backend": args.backend, "batch": args.batch,
+        "frames": args.frames, "size": args.size, "backend": args.backend, "batch": args.batch, "format": args.format,
         "budget_bytes": args.budget, "ring_frames": ring, "in_flight_bytes": reserved,
         "full_preload_bytes": args.frames * frame_bytes,
         "seconds": seconds, "fps": args.frames / seconds,
@@ -122,7 +131,8 @@ def main(argv=None):
         "command": [sys.executable, "-m", "gpucomp", "render", *common, "--cache-budget", str(args.budget)],
     }
     lines = [
-        f"{args.frames} frames {args.size}, backend {args.backend}, batch {args.batch}: {seconds:.0f} s, "
+        f"{args.frames} frames {args.size} to {args.format}, backend {args.backend}, batch {args.batch}: "
+        f"{seconds:.0f} s, "
         f"{result['fps']:.1f} frames/s",
         f"cache budget {format_bytes(args.budget)}: a ring of {ring} decoded frames plus "
         f"{format_bytes(reserved)} for frames in flight; a full preload would need "
@@ -132,7 +142,8 @@ def main(argv=None):
         f"({'within' if peak_rss - control_rss <= args.budget else 'OVER'} the budget)",
         f"peak GPU memory {format_bytes(gpu.peak) if gpu.peak is not None else 'n/a (no NVML)'}",
     ]
-    write_result(args.out, "long_video", result, lines)
+    shutil.rmtree(scratch, ignore_errors=True)
+    write_result(args.out, f"long_video_{args.format}_{args.backend}", result, lines)
 
 
 if __name__ == "__main__":

@@ -86,6 +86,21 @@ def _unique_keys(path):
 _FEATURE_CHUNK = 1 << 16  # rows checked at a time: memory stays flat however long the features
 
 
+def _chunks(path: Path, mapped: np.ndarray):
+    """(first row, rows) of a memory-mapped .npy, read with plain reads: pages
+    touched through the map would stay in the process's resident memory."""
+    if not mapped.flags.c_contiguous:  # Fortran order: rare, and small enough to read through the map
+        yield 0, np.asarray(mapped)
+        return
+    row_bytes = FEATURE_DIM * mapped.dtype.itemsize
+    with open(path, "rb") as f:
+        f.seek(mapped.offset)
+        for lo in range(0, mapped.shape[0], _FEATURE_CHUNK):
+            rows = min(_FEATURE_CHUNK, mapped.shape[0] - lo)
+            chunk = np.frombuffer(f.read(rows * row_bytes), dtype=mapped.dtype)
+            yield lo, chunk.reshape(-1, FEATURE_DIM)
+
+
 def load_features(path: Path) -> np.ndarray:
     """(M, 512) float32 audio features, finite, memory-mapped when stored as
     float32 (rows are read when a window needs them)."""
@@ -108,8 +123,7 @@ def load_features(path: Path) -> np.ndarray:
     if not np.issubdtype(features.dtype, np.floating) and not np.issubdtype(features.dtype, np.integer):
         raise DatasetError(f"{path}: features must be real numbers, got dtype {features.dtype}")
     limit = np.finfo(np.float32).max
-    for lo in range(0, features.shape[0], _FEATURE_CHUNK):
-        chunk = np.asarray(features[lo : lo + _FEATURE_CHUNK])
+    for lo, chunk in _chunks(path, features):
         bad = ~np.isfinite(chunk)
         if bad.any():
             raise DatasetError(f"{path}: row {lo + int(np.argwhere(bad)[0][0])} holds NaN or infinity")

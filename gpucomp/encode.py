@@ -23,6 +23,11 @@ from .telemetry import StageStats, Timer
 from .atomic import ensure_writable, remove_stale_temporaries, write_atomic
 
 IMAGE_FORMATS = ("png", "jpg")
+
+
+def encoder_bytes(fmt: str, width: int, height: int) -> int:
+    """Memory an encoder holds beyond the frames handed to it."""
+    return 0
 JPEG_QUALITY = 95
 
 

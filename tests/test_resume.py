@@ -4,6 +4,7 @@ finished files alone."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -168,3 +169,29 @@ def test_inputs_survive_every_refused_output(data, tiny_model, tmp_path):
     assert {p.name: p.read_bytes() for p in data.iterdir()} == before
     assert len(decode_video(data / "full_body_video.mp4")) == 24
     assert os.path.getsize(tiny_model) > 0
+
+
+def _peak_rss_of_render(data, model, out) -> int:
+    code = ("import resource, sys; from gpucomp import cli; "
+            f"code = cli.main(['render', '--data', {str(data)!r}, '--model', {str(model)!r}, '--output', {str(out)!r}, "
+            "'--backend', 'cpu', '--frames', '8', '--quiet']); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout.strip().splitlines()[-1]) * 1024
+
+
+@pytest.mark.slow
+def test_memory_follows_the_frames_rendered_not_the_features(small_dataset, tiny_model, tmp_path):
+    """400 MiB of features (204,800 rows) to render 8 frames: the rows are mapped,
+    not loaded, so the render's peak memory is that of a dataset with small features."""
+    big = tmp_path / "big"
+    shutil.copytree(small_dataset, big)
+    rows = 204_800
+    features = np.lib.format.open_memmap(big / "aud_ave.npy", mode="w+", dtype=np.float32, shape=(rows, 512))
+    features[:] = 0.5
+    features.flush()
+    del features
+    small_peak = _peak_rss_of_render(small_dataset, tiny_model, tmp_path / "a")
+    big_peak = _peak_rss_of_render(big, tiny_model, tmp_path / "b")
+    assert big_peak - small_peak < 100 * 2**20, (small_peak, big_peak)  # the file is 400 MiB
