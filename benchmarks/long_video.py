@@ -114,7 +114,7 @@ def main(argv=None):
     frame_bytes = width * height * 3 + 328 * 328 * 3
     # What the cpu backend makes of the budget (the same two functions it calls).
     reserved = in_flight_bytes(args.batch, 4, Backend.max_in_flight, width * height * 3) + \
-        encoder_bytes(args.format, width, height)
+        encoder_bytes(args.format, width, height)  # what the cpu backend adds for the encoder (default preset)
     ring = ring_slots(args.frames, frame_bytes, args.budget, args.batch, "long video", reserved=reserved)
     # The control run first: RUSAGE_CHILDREN keeps the largest child's peak.
     _, control_rss = run(common + ["--frames", "4"])

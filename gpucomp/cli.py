@@ -201,7 +201,7 @@ def _cmd_render(args) -> int:
     from .atomic import refuse_output_over_inputs
     from .backends import RenderSettings, create, resolve
     from .dataset import Dataset
-    from .encode import IMAGE_FORMATS, frame_name, open_sink, prepare_output_dir
+    from .encode import IMAGE_FORMATS, encoder_bytes, frame_name, open_sink, prepare_output_dir
     from .pipeline import render
     from .report import print_summary
     from .resume import FrameLog, run_record
@@ -230,7 +230,9 @@ def _cmd_render(args) -> int:
     stats = StageStats()
     settings = RenderSettings(batch=args.batch, workers=args.workers, feather=args.feather,
                               cudnn_algo=args.cudnn_algo.upper(), cuda_graph=args.cuda_graph, tf32=args.tf32,
-                              cache_budget=args.cache_budget)
+                              cache_budget=args.cache_budget,
+                              output_reserve=encoder_bytes(args.format, dataset.width, dataset.height, args.preset,
+                                                           "h264_nvenc" if args.encoder == "nvenc" else "libx264"))
     keep = frozenset()
     with create(name, dataset, args.model, settings, stats) as backend:
         log = None

@@ -10,6 +10,7 @@ name is always whole, even after Ctrl-C or a crash.
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,8 +26,18 @@ from .atomic import ensure_writable, remove_stale_temporaries, write_atomic
 IMAGE_FORMATS = ("png", "jpg")
 
 
-def encoder_bytes(fmt: str, width: int, height: int) -> int:
-    """Memory an encoder holds beyond the frames handed to it."""
+def encoder_bytes(fmt: str, width: int, height: int, preset: str = "medium", encoder: str = "libx264") -> int:
+    """Host memory the output's encoder holds besides the finished frames the
+    pipeline hands it (those are counted by framecache.in_flight_bytes)."""
+    if fmt == "mp4" and encoder == "libx264":
+        from .videoio import x264_frames_held
+
+        # Each frame x264 holds is its padded 4:2:0 planes plus half-resolution
+        # lookahead planes and per-macroblock data: measured about 2.7 times the
+        # plain 4:2:0 frame (1080p, benchmarks/results/*/long_video_mp4_*).
+        return int(x264_frames_held(preset, os.cpu_count() or 1) * width * height * 1.5 * 2.7)
+    if fmt in ("mp4", "y4m"):
+        return 2 * width * height * 3  # the 4:2:0 conversion's buffers
     return 0
 JPEG_QUALITY = 95
 

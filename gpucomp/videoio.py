@@ -95,6 +95,20 @@ class FrameReader:
 NVENC_PRESETS = {"ultrafast": "p1", "superfast": "p1", "veryfast": "p2", "faster": "p3", "fast": "p4",
                  "medium": "p5", "slow": "p6", "slower": "p7", "veryslow": "p7"}
 X264_PRESETS = tuple(NVENC_PRESETS)
+# x264's own settings per preset (x264 --fullhelp): frames of rate-control
+# lookahead, B-frames and reference frames, which decide how many frames it holds.
+_X264_LOOKAHEAD = {"ultrafast": 0, "superfast": 0, "veryfast": 10, "faster": 20, "fast": 30, "medium": 40, "slow": 50,
+                   "slower": 60, "veryslow": 60}
+_X264_BFRAMES = {"ultrafast": 0, "slower": 8, "veryslow": 8}
+_X264_REFS = {"ultrafast": 1, "superfast": 1, "veryfast": 1, "faster": 2, "fast": 2, "medium": 3, "slow": 5,
+              "slower": 8, "veryslow": 16}
+
+
+def x264_frames_held(preset: str, cores: int) -> int:
+    """Frames libx264 keeps at once with `threads` left to it (1.5 frame threads
+    per core): the lookahead, B-frames, references, one per thread, and a few spare."""
+    threads = max(1, (3 * cores + 1) // 2)
+    return _X264_LOOKAHEAD.get(preset, 40) + _X264_BFRAMES.get(preset, 3) + _X264_REFS.get(preset, 3) + threads + 4
 # AVCOL_SPC/PRI/TRC_SMPTE170M and AVCOL_RANGE_MPEG: BT.601 limited range, the
 # matrix swscale converts BGR with. Without the tags players assume BT.709 for
 # HD sizes and shift the colours.

@@ -195,3 +195,13 @@ def test_memory_follows_the_frames_rendered_not_the_features(small_dataset, tiny
     small_peak = _peak_rss_of_render(small_dataset, tiny_model, tmp_path / "a")
     big_peak = _peak_rss_of_render(big, tiny_model, tmp_path / "b")
     assert big_peak - small_peak < 100 * 2**20, (small_peak, big_peak)  # the file is 400 MiB
+
+
+def test_the_mp4_encoders_memory_counts_in_the_budget(small_dataset, tiny_model, tmp_path, capsys):
+    """x264 holds about 50 frames (lookahead, references, threads): at 720p some
+    190 MiB that a 150 MiB budget cannot hold next to the cache, while raw fits."""
+    assert render(small_dataset, tiny_model, tmp_path / "o.raw", "--format", "raw", "--cache-budget", "150M") == 0
+    capsys.readouterr()
+    assert render(small_dataset, tiny_model, tmp_path / "o.mp4", "--format", "mp4", "--cache-budget", "150M") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--cache-budget 150.0 MiB leaves room for 0 cached frames" in err[0]

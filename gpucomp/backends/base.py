@@ -31,6 +31,9 @@ class RenderSettings:
     # Bytes the decoded frames may take (RAM for cpu, VRAM for gpu); None: what
     # is free. Frames that do not fit are decoded ahead into a bounded ring.
     cache_budget: int | None = None
+    # Host bytes the output's encoder holds (x264's lookahead, say); counted in
+    # the budget wherever the cache lives in RAM.
+    output_reserve: int = 0
 
 
 class PendingBatch(ABC):

@@ -71,7 +71,8 @@ class CpuBackend(Backend):
             budget, kind = int(PRELOAD_MEMORY_SHARE * available_memory()), "RAM"
         batch = min(self.settings.batch, len(indices))
         self.session.check_batches(batch_sizes(len(indices), self.settings.batch))
-        reserved = in_flight_bytes(batch, self.settings.workers, self.max_in_flight, ds.width * ds.height * 3)
+        reserved = in_flight_bytes(batch, self.settings.workers, self.max_in_flight, ds.width * ds.height * 3) + \
+            self.settings.output_reserve
         slots = ring_slots(len(indices), ds.frame_bytes(), budget, batch,
                            f"caching {len(indices)} frames of {ds.width}x{ds.height}", kind, reserved=reserved)
         self.indices = indices

@@ -122,6 +122,8 @@ class GpuBackend(Backend):
         # ring and the features.
         rows = self.feature_rows
         reserved = 2 * self.max_in_flight * batch * ds.width * ds.height * 3 + (rows.stop - rows.start) * 4 * 512
+        if not isinstance(dev, CudaDevice):  # the cache shares RAM with the encoder
+            reserved += self.settings.output_reserve
         budget, kind = self.settings.cache_budget, None
         if budget is None:  # what is free now
             budget, kind = max(0, dev.free_memory() - self.device_headroom()), dev.memory_kind
