@@ -197,6 +197,8 @@ CORPUS = {
     "output is a link to an input": (_output(_symlink_to_features), "is an input of this render"),
     # outputs that cannot work
     "mp4 into a pipe": (_output(_fifo_output), "mp4 needs a regular file it can seek in"),
+    "mp4 to /dev/stdout": (lambda c: (c.update(out="/dev/stdout"), c["args"].extend(["--format", "mp4"])),
+                           "/dev/stdout: mp4 needs a regular file it can seek in"),
     "audio rate AAC refuses": (_audio_at(1000), "the AAC encoder does not take 1000 Hz audio"),
     # sizes and extremes
     "--cache-budget infinite": (_args("--cache-budget", "inf"), "'inf' is too large"),
