@@ -4,6 +4,7 @@ traceback, and writes no frame."""
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -197,7 +198,7 @@ CORPUS = {
     "output is a link to an input": (_output(_symlink_to_features), "is an input of this render"),
     # outputs that cannot work
     "mp4 into a pipe": (_output(_fifo_output), "mp4 needs a regular file it can seek in"),
-    "mp4 to /dev/stdout": (lambda c: (c.update(out="/dev/stdout"), c["args"].extend(["--format", "mp4"])),
+    "mp4 to /dev/stdout": (lambda c: (c.update(out=Path("/dev/stdout")), c["args"].extend(["--format", "mp4"])),
                            "/dev/stdout: mp4 needs a regular file it can seek in"),
     "audio rate AAC refuses": (_audio_at(1000), "the AAC encoder does not take 1000 Hz audio"),
     # sizes and extremes
