@@ -140,11 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_int_range(0, 2**31 - 1), default=0)
     p.add_argument("--size", default="1280x720", help="frame size WxH, even, at least 640x360 (default 1280x720)")
 
-    p = sub.add_parser("model", help="build UNet-328 as ONNX with seeded weights")
+    p = sub.add_parser("model", help="build UNet-328 (or its audio encoder) as ONNX with seeded weights")
     p.add_argument("--output", type=Path, required=True)
-    p.add_argument("--kind", choices=("unet328", "echo"), default="unet328",
+    p.add_argument("--kind", choices=("unet328", "echo", "ave"), default="unet328",
                    help="echo: output = the input's roi channels, computed identically on every device, "
-                        "for bit-exact comparisons of backends end to end")
+                        "for bit-exact comparisons of backends end to end; ave: the audio encoder, mel "
+                        "windows [B,1,80,16] -> features [B,512]")
     p.add_argument("--width-mult", type=_float_range(0, 4), default=1.0)
     p.add_argument("--seed", type=_int_range(0, 2**31 - 1), default=0)
     return parser
@@ -175,14 +176,18 @@ def _cmd_model(args) -> int:
     import onnx
 
     from .model import build_echo_model, build_unet328, parameter_count
+    from .model.audio_encoder import build_audio_encoder
 
-    model = build_echo_model() if args.kind == "echo" else build_unet328(args.width_mult, args.seed)
+    if args.kind == "ave":
+        model = build_audio_encoder(args.seed)
+    else:
+        model = build_echo_model() if args.kind == "echo" else build_unet328(args.width_mult, args.seed)
     try:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         onnx.save(model, str(args.output))
     except OSError as exc:
         raise GpucompError(f"{args.output}: cannot write the model ({exc.strerror or exc})") from None
-    what = "echo model" if args.kind == "echo" else f"UNet-328 (width {args.width_mult:g})"
+    what = {"echo": "echo model", "ave": "audio encoder (ave)"}.get(args.kind, f"UNet-328 (width {args.width_mult:g})")
     print(f"wrote {what}, {parameter_count(model):,} weights, to {args.output}")
     return 0
 

@@ -65,15 +65,17 @@ class _Builder:
 
     # -- ops ------------------------------------------------------------------
 
-    def conv_bn(self, x: str, cout: int, k: int, stride: int, pad: int, *, groups: int = 1,
+    def conv_bn(self, x: str, cout: int, k: int, stride, pad: int, *, groups: int = 1,
                 bias: bool = False, gamma_scale: float = 1.0, prefix: str) -> str:
-        """Conv (+ its own bias where the original has one) with BN folded in."""
+        """Conv (+ its own bias where the original has one) with BN folded in;
+        `stride` is one number or (rows, columns)."""
+        sy, sx = (stride, stride) if isinstance(stride, int) else stride
         value = self.values[x]
         cin = value.shape[0]
         fan_in = (cin // groups) * k * k
         w = self.rng.normal(0.0, np.sqrt(2.0 / fan_in), size=(cout, cin // groups, k, k)).astype(np.float32)
         b = self.rng.normal(0.0, 0.05, size=cout).astype(np.float32) if bias else np.zeros(cout, np.float32)
-        y = _conv(value, w, b, stride, pad, groups)
+        y = _conv(value, w, b, (sy, sx), pad, groups)
         mean = y.mean(axis=(1, 2))
         std = np.sqrt(y.var(axis=(1, 2)) + BN_EPS)
         gamma = gamma_scale * self.rng.uniform(0.7, 1.3, size=cout)
@@ -84,7 +86,7 @@ class _Builder:
         out = self._name(prefix)
         self.nodes.append(helper.make_node(
             "Conv", [x, self._const(prefix + "_w", w_folded), self._const(prefix + "_b", b_folded)], [out],
-            kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4, group=groups, name=out))
+            kernel_shape=[k, k], strides=[sy, sx], pads=[pad] * 4, group=groups, name=out))
         self.values[out] = ((y - mean[:, None, None]) * scale[:, None, None] + beta[:, None, None]).astype(np.float32)
         return out
 
@@ -164,17 +166,19 @@ class _Builder:
         return self.double_conv_dw(self.concat(up, skip), cout, 1)
 
 
-def _conv(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int, pad: int, groups: int) -> np.ndarray:
-    """NumPy Conv2d on one (C, H, W) sample: 1x1, depthwise or dense."""
+def _conv(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride, pad: int, groups: int) -> np.ndarray:
+    """NumPy Conv2d on one (C, H, W) sample: 1x1, depthwise or dense; `stride`
+    is one number or (rows, columns)."""
+    sy, sx = (stride, stride) if isinstance(stride, int) else stride
     cout, cin_g, k, _ = w.shape
     cin, height, width = x.shape
-    if k == 1 and groups == 1:
-        xs = x[:, ::stride, ::stride]
+    if k == 1 and groups == 1 and pad == 0:
+        xs = x[:, ::sy, ::sx]
         return (np.tensordot(w[:, :, 0, 0], xs, axes=(1, 0)) + b[:, None, None]).astype(np.float32)
     xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad)))
-    oh = (height + 2 * pad - k) // stride + 1
-    ow = (width + 2 * pad - k) // stride + 1
-    taps = [(ky, kx, xp[:, ky : ky + stride * oh : stride, kx : kx + stride * ow : stride])
+    oh = (height + 2 * pad - k) // sy + 1
+    ow = (width + 2 * pad - k) // sx + 1
+    taps = [(ky, kx, xp[:, ky : ky + sy * oh : sy, kx : kx + sx * ow : sx])
             for ky in range(k) for kx in range(k)]
     if groups == cin and cin_g == 1 and cout == cin:  # depthwise
         y = np.zeros((cout, oh, ow), np.float32)
