@@ -52,8 +52,7 @@ def bytes_digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def run_record(*, dataset, model_path: Path, indices: range, settings, backend: str, fmt: str,
-               extra: dict | None = None) -> dict:
+def run_record(*, dataset, model_path: Path, indices: range, settings, backend: str, fmt: str) -> dict:
     """The facts that decide every output pixel of this render."""
     # cpu and gpu-sim run the same ONNX Runtime CPU kernels and bit-exact
     # compositing, so they may finish each other's runs; gpu's model numerics differ.
@@ -73,7 +72,6 @@ def run_record(*, dataset, model_path: Path, indices: range, settings, backend: 
     }
     if family == "cuda":
         record.update(tf32=settings.tf32, cudnn_algo=settings.cudnn_algo, cuda_graph=settings.cuda_graph)
-    record.update(extra or {})
     return record
 
 

@@ -55,6 +55,10 @@ class Device(ABC):
                                 f"{format_bytes(free)} is free; render a part with --start/--frames")
 
     memory_kind = "memory"
+    # Memory kept free below what the cache sizing measures after the warm-up.
+    headroom_bytes = 0
+    # Whether the frame cache lives in host RAM (and so shares it with the encoders).
+    cache_in_host_ram = True
 
     @abstractmethod
     def empty(self, shape, dtype): ...
@@ -194,6 +198,11 @@ class CudaDevice(Device):
     name = "gpu"
     ort_device_type = "cuda"
     memory_kind = "GPU memory"
+    # The CUDA context's own growth and allocator fragmentation. ONNX Runtime's
+    # weights, activations and cuDNN workspaces for the run's batch shapes are
+    # allocated by the warm-up, before free memory is measured: they need no guess.
+    headroom_bytes = 256 << 20
+    cache_in_host_ram = False
 
     def __init__(self, device_id: int = 0):
         import cupy

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..contract import AUDIO_SHAPE, PRED_SHAPE, VISUAL_SHAPE, feature_rows
+from ..contract import AUDIO_SHAPE, FEATURE_DIM, PRED_SHAPE, VISUAL_SHAPE, feature_rows
 from ..errors import BackendUnavailable, ModelError, ResourceError
 from ..framecache import FrameRing, ring_slots
 from ..kernel_layout import pack_frames
@@ -33,11 +33,6 @@ from ..model.session import WARM_UP_RUNS
 from .base import Backend, PendingBatch, batch_sizes
 from .devices import CudaDevice, SimDevice
 
-# Device memory kept free beyond what the cache sizing measured after the
-# warm-up: the CUDA context's own growth and allocator fragmentation. ONNX
-# Runtime's weights, activations and cuDNN workspaces for the run's batch shapes
-# are already allocated by then, so they need no guess.
-DEVICE_HEADROOM_BYTES = 256 << 20
 CUDNN_ALGOS = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 
 
@@ -103,7 +98,7 @@ class GpuBackend(Backend):
         ds, dev = self.dataset, self.device
         n = len(indices)
         batch = min(self.settings.batch, n)
-        if ds.frame_bytes() >= 2**31:
+        if ds.width * ds.height * 3 >= 2**31:
             raise ResourceError(f"frames of {ds.width}x{ds.height} are too large for the kernels (2 GiB per frame)")
         self.indices = indices
         self.session.check_batches(batch_sizes(n, batch))
@@ -120,13 +115,13 @@ class GpuBackend(Backend):
 
         # Still to come besides the cache: the device output ring, the pinned host
         # ring and the features.
-        rows = self.feature_rows
-        reserved = 2 * self.max_in_flight * batch * ds.width * ds.height * 3 + (rows.stop - rows.start) * 4 * 512
-        if not isinstance(dev, CudaDevice):  # the cache shares RAM with the encoder
+        reserved = (2 * self.max_in_flight * batch * ds.width * ds.height * 3
+                    + len(self.feature_rows) * FEATURE_DIM * np.dtype(np.float32).itemsize)
+        if dev.cache_in_host_ram:  # the cache shares RAM with the encoder
             reserved += self.settings.output_reserve
         budget, kind = self.settings.cache_budget, None
         if budget is None:  # what is free now
-            budget, kind = max(0, dev.free_memory() - self.device_headroom()), dev.memory_kind
+            budget, kind = max(0, dev.free_memory() - dev.headroom_bytes), dev.memory_kind
         what = f"caching {n} frames of {ds.width}x{ds.height}"
         slots = ring_slots(n, ds.frame_bytes(), budget, batch, what, kind, reserved=reserved)
         dev.check_memory(slots * ds.frame_bytes() + reserved, what if slots == n else f"{what} ({slots} at a time)")
@@ -134,13 +129,10 @@ class GpuBackend(Backend):
         self.host_ring = [dev.host_buffer((batch, ds.height, ds.width, 3), np.uint8)
                           for _ in range(self.max_in_flight)]
         self.free_slots = list(range(self.max_in_flight))
-        self.features = dev.to_device(np.ascontiguousarray(ds.features[rows.start : rows.stop]))
+        self.features = dev.to_device(np.ascontiguousarray(ds.features[self.feature_rows.start : self.feature_rows.stop]))
         frames, taps = pack_frames(ds.placements, indices)
         self.frames, self.taps = dev.to_device(frames), dev.to_device(taps)
         self.ring = FrameRing(dev, ds, indices, slots, progress)  # may start the decode-ahead thread
-
-    def device_headroom(self) -> int:
-        return DEVICE_HEADROOM_BYTES if isinstance(self.device, CudaDevice) else 0
 
     def _warm_up(self):
         """Untimed runs of every batch shape: allocation, cuDNN algorithm search,
