@@ -90,14 +90,16 @@ def ensure_writable(directory: Path, label) -> None:
         raise OutputError(f"{label}: cannot write there ({exc.strerror or exc})") from None
 
 
-def refuse_output_over_inputs(output: Path, input_dir: Path, inputs) -> None:
+def refuse_output_over_inputs(output: Path, input_dir: Path | None, inputs) -> None:
     """An OutputError when `output` is an input file, or would replace one or be
-    placed inside the input directory (symbolic links resolved): writing there
-    could destroy what the render reads."""
+    placed inside the input directory, if any (symbolic links resolved): writing
+    there could destroy what the job reads."""
     target = Path(output).resolve()
     for path in inputs:
         if path is not None and Path(path).resolve() == target:
             raise OutputError(f"{output}: is an input of this render ({path}); write the output elsewhere")
+    if input_dir is None:
+        return
     folder = Path(input_dir).resolve()
     if target == folder or folder in target.parents:
         raise OutputError(f"{output}: is inside the dataset directory {input_dir}; write the output elsewhere")

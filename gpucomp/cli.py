@@ -71,6 +71,7 @@ def add_render_options(p: argparse.ArgumentParser):
     """Options shared by `render` and `demo`."""
     from .backends import CHOICES
     from .encode import IMAGE_FORMATS
+    from .schedule import KINDS as SCHEDULES
     from .video_out import VIDEO_FORMATS
     from .videoio import X264_PRESETS
 
@@ -79,11 +80,17 @@ def add_render_options(p: argparse.ArgumentParser):
     p.add_argument("--batch", type=_int_range(1, 256), default=4, help="frames per inference batch (default 4)")
     p.add_argument("--workers", type=_int_range(1, 256), default=4,
                    help="compositing and encoding threads (default 4)")
-    p.add_argument("--start", type=_int_range(0, 10**9), default=0, help="first dataset frame (default 0)")
-    p.add_argument("--frames", type=_int_range(1, 10**9), default=None, help="number of frames (default: to the end)")
-    p.add_argument("--format", choices=IMAGE_FORMATS + VIDEO_FORMATS, default="png",
+    p.add_argument("--start", type=_int_range(0, 10**9), default=0,
+                   help="first dataset frame (default 0); with speech, the first avatar frame")
+    p.add_argument("--frames", type=_int_range(1, 10**9), default=None,
+                   help="number of frames (default: to the end); with speech, of avatar frames to play")
+    p.add_argument("--schedule", choices=SCHEDULES, default="pingpong",
+                   help="with speech: avatar frames played forward then backward (pingpong, default, as the "
+                        "reference does) or forward again and again (loop)")
+    p.add_argument("--format", choices=IMAGE_FORMATS + VIDEO_FORMATS, default=None,
                    help="png/jpg: one file per frame in a directory; mp4: H.264 with the voice track; "
-                        "y4m/raw: a stream to a file or to stdout with --output - (default png)")
+                        "y4m/raw: a stream to a file or to stdout with --output - (default png; mp4 for "
+                        "demo --speech)")
     p.add_argument("--crf", type=_int_range(0, 51), default=18, help="mp4: quality, lower is better (default 18)")
     p.add_argument("--preset", choices=X264_PRESETS, default="medium",
                    help="mp4: encoder speed against quality, x264's names (default medium, x264's own; "
@@ -124,7 +131,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True, help="UNet-328 ONNX model")
     p.add_argument("--output", required=True,
                    help="a directory (png/jpg), a file (mp4, y4m, raw) or - for stdout (y4m, raw)")
+    p.add_argument("--speech", type=Path,
+                   help="new speech to say (any audio file, or npy of float samples at --audio-rate): renders one "
+                        "frame per feature row, and mp4 carries it as the track; needs --audio-encoder or --features")
+    p.add_argument("--audio-encoder", type=Path, help="audio encoder ONNX ([B,1,80,16] -> [B,512]) for --speech")
+    p.add_argument("--features", type=Path,
+                   help="(M, 512) features computed earlier (python -m gpucomp features): renders M frames")
+    p.add_argument("--smooth", type=int, choices=(0, 3), default=0,
+                   help="with --speech: average features over 3 rows (default 0: off)")
     add_render_options(p)
+
+    p = sub.add_parser("features", help="speech -> per-frame audio features (mel front end + audio encoder)")
+    p.add_argument("--audio", type=Path, required=True,
+                   help="speech: any audio file PyAV decodes, or npy of float samples at --audio-rate")
+    p.add_argument("--encoder", type=Path, required=True, help="audio encoder ONNX ([B,1,80,16] -> [B,512])")
+    p.add_argument("--output", type=Path, required=True, help="features .npy, (M, 512) float32")
+    p.add_argument("--fps", type=_float_range(0, 1000), default=25.0, help="video frames per second (default 25)")
+    p.add_argument("--smooth", type=int, choices=(0, 3), default=0,
+                   help="average features over 3 rows (default 0: off)")
+    p.add_argument("--audio-rate", type=_int_range(1000, 384000), default=None,
+                   help="sample rate of an npy --audio (default 16000)")
+    p.add_argument("--backend", choices=("auto", "cpu", "gpu"), default="auto",
+                   help="where the encoder runs: gpu (ONNX Runtime's CUDA provider), cpu, or auto (default)")
+    p.add_argument("--batch", type=_int_range(1, 4096), default=64, help="windows per encoder run (default 64)")
+    p.add_argument("--quiet", action="store_true", help="no progress")
 
     p = sub.add_parser("demo", help="render the built-in demo dataset with the built-in model (built once, cached)")
     p.add_argument("--output", default=None, help="default out/demo (png/jpg) or out/demo.<format>")
@@ -132,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frames in the demo dataset (default 100)")
     p.add_argument("--width-mult", type=_float_range(0, 4), default=1.0,
                    help="model width multiplier (default 1.0: the full UNet-328)")
+    p.add_argument("--speech", action="store_true",
+                   help="make the avatar say built-in synthetic speech, through the built-in audio encoder, "
+                        "to out/demo-speech.mp4 with the speech as its track")
+    p.add_argument("--speech-seconds", type=_float_range(0.2, 3600), default=8.0,
+                   help="length of the built-in speech (default 8 s)")
     add_render_options(p)
 
     p = sub.add_parser("synth", help="write a synthetic demo dataset")
@@ -139,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=_int_range(2, 100000), default=100)
     p.add_argument("--seed", type=_int_range(0, 2**31 - 1), default=0)
     p.add_argument("--size", default="1280x720", help="frame size WxH, even, at least 640x360 (default 1280x720)")
+
+    p = sub.add_parser("prepare", help="an avatar dataset from a full-body video and its face rectangles")
+    p.add_argument("--video", type=Path, required=True, help="the full-body video")
+    p.add_argument("--rects", type=Path, required=True,
+                   help='face rectangles, one per frame: {"<i>": {"rect": [x1, y1, x2, y2]}} or [[x1, y1, x2, y2], ...]')
+    p.add_argument("--output", type=Path, required=True, help="the dataset directory to create")
+    p.add_argument("--quiet", action="store_true", help="no progress")
 
     p = sub.add_parser("model", help="build UNet-328 (or its audio encoder) as ONNX with seeded weights")
     p.add_argument("--output", type=Path, required=True)
@@ -172,6 +214,25 @@ def _cmd_synth(args) -> int:
     return 0
 
 
+def _cmd_prepare(args) -> int:
+    from .atomic import refuse_output_over_inputs
+    from .prepare import prepare_dataset
+    from .telemetry import decode_progress
+    from .videoio import probe_video
+
+    refuse_output_over_inputs(args.output, None, [args.video, args.rects])
+    for path in (args.video, args.rects):
+        if args.output.resolve() in Path(path).resolve().parents:
+            raise GpucompError(f"{args.output}: holds the input {path}; write the dataset elsewhere")
+    report, close = decode_progress(probe_video(args.video).frames, "prepare", not args.quiet)
+    try:
+        frames = prepare_dataset(args.video, args.rects, args.output, report)
+    finally:
+        close()
+    print(f"wrote a {frames}-frame dataset to {args.output}; render it with --speech (it has no aud_ave.npy)")
+    return 0
+
+
 def _cmd_model(args) -> int:
     import onnx
 
@@ -195,11 +256,96 @@ def _cmd_model(args) -> int:
 def _cmd_demo(args) -> int:
     from .demo import demo_dataset, demo_model
 
+    from .demo import demo_audio_encoder, demo_speech
+
+    _default_format(args, "mp4" if args.speech else "png")
     if args.output is None:
-        args.output = "out/demo" if args.format in ("png", "jpg") else f"out/demo.{args.format}"
+        name = "demo-speech" if args.speech else "demo"
+        args.output = f"out/{name}" if args.format in ("png", "jpg") else f"out/{name}.{args.format}"
     args.data = demo_dataset(args.dataset_frames, quiet=args.quiet)
     args.model = demo_model(args.width_mult, quiet=args.quiet)
+    args.speech = demo_speech(args.speech_seconds, quiet=args.quiet) if args.speech else None
+    args.audio_encoder = demo_audio_encoder(quiet=args.quiet) if args.speech else None
+    args.features, args.smooth = None, 0
     return _cmd_render(args)
+
+
+def _default_format(args, fmt: str):
+    """--format when not given: png, or mp4 for the speech demo."""
+    if args.format is None:
+        args.format = fmt
+
+
+def _features_from_speech(path: Path, encoder_path: Path, backend: str, *, fps: float, smooth: bool,
+                          rate: int | None, show: bool, batch: int = 64):
+    """(M, 512) features of a speech file, and the FeatureTimes; progress on stderr."""
+    from .features import AudioEncoder, FeatureTimes, encoder_providers, speech_features
+    from .speech import load_speech
+    from .telemetry import decode_progress
+
+    samples = load_speech(path, rate)
+    encoder = AudioEncoder(encoder_path, encoder_providers(backend))
+    times = FeatureTimes()
+    windows = max(1, int(len(samples) / 16000 * fps))
+    report, close = decode_progress(windows, "features", show)
+    try:
+        features = speech_features(samples, encoder, fps=fps, smooth=smooth, batch=batch, times=times,
+                                   progress=report, where=str(path))
+    finally:
+        close()
+    return features, times, len(samples) / 16000, encoder.provider
+
+
+def _speech_source(args, dataset, backend: str, show: bool):
+    """For --speech/--features: the dataset rendering those features, and the
+    voice track for mp4 (--audio, else the speech)."""
+    from .dataset import load_features
+
+    if args.audio_encoder is not None and args.speech is None:
+        raise GpucompError("--audio-encoder computes features from --speech; give --speech too")
+    if args.features is not None:
+        features, path = load_features(args.features), args.features
+    elif args.audio_encoder is None:
+        raise GpucompError("--speech needs --audio-encoder ENCODER.onnx to compute its features "
+                           "(or --features FILE computed earlier)")
+    else:
+        features, times, seconds, provider = _features_from_speech(
+            args.speech, args.audio_encoder, backend, fps=dataset.fps, smooth=bool(args.smooth),
+            rate=args.audio_rate, show=show)
+        path = None
+        if show:
+            print(f"features: {seconds:.2f} s of speech -> {len(features)} frames (mel {times.mel:.2f} s, "
+                  f"encoder {times.encoder:.2f} s on {provider.replace('ExecutionProvider', '')})", file=sys.stderr)
+    return dataset.with_features(features, path), args.audio or args.speech
+
+
+def _cmd_features(args) -> int:
+    import numpy as np
+
+    from .atomic import refuse_output_over_inputs, write_atomic
+    from .backends import resolve
+
+    refuse_output_over_inputs(args.output, None, [args.audio, args.encoder])
+    name, notice = resolve(args.backend)
+    if notice and not args.quiet:
+        print(f"note: {notice}", file=sys.stderr)
+    features, times, seconds, provider = _features_from_speech(
+        args.audio, args.encoder, name, fps=args.fps, smooth=bool(args.smooth), rate=args.audio_rate,
+        show=not args.quiet, batch=args.batch)
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, features)
+    try:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(args.output, buffer.getvalue())
+    except OSError as exc:
+        raise GpucompError(f"{args.output}: cannot write the features ({exc.strerror or exc})") from None
+    total = times.mel + times.encoder
+    print(f"wrote {features.shape[0]} x {features.shape[1]} features ({seconds:.2f} s of speech at {args.fps:g} fps) "
+          f"to {args.output}: mel {times.mel:.3f} s, encoder {times.encoder:.3f} s "
+          f"({provider.replace('ExecutionProvider', '')}), {seconds / total if total else 0:.0f}x real time")
+    return 0
 
 
 def _cmd_render(args) -> int:
@@ -210,9 +356,11 @@ def _cmd_render(args) -> int:
     from .pipeline import render
     from .report import print_summary
     from .resume import FrameLog, run_record
+    from .schedule import Schedule
     from .telemetry import Progress, StageStats, decode_progress
     from .video_out import STDOUT
 
+    _default_format(args, "png")
     # With frames on stdout, everything else goes to stderr.
     info = sys.stderr if str(args.output) == STDOUT else sys.stdout
     show = not args.quiet
@@ -221,17 +369,31 @@ def _cmd_render(args) -> int:
         if show:
             print(f"note: {text}", file=sys.stderr)
 
-    dataset = Dataset.open(args.data, clip_rects=args.clip_rects)
-    indices = dataset.select(args.start, args.frames)
+    speech = args.speech is not None or args.features is not None
+    dataset = Dataset.open(args.data, clip_rects=args.clip_rects, features=not speech)
+    avatar = dataset.select(args.start, args.frames)
     if str(args.output) != STDOUT:
         refuse_output_over_inputs(Path(args.output), dataset.root,
                                   [dataset.full.path, dataset.crops.path, dataset.rects_path, dataset.features_path,
-                                   dataset.audio_path, args.model, args.audio])
+                                   dataset.audio_path, args.model, args.audio, args.speech, args.audio_encoder,
+                                   args.features])
     if args.resume and args.format not in IMAGE_FORMATS:
         raise GpucompError(f"--resume works with png and jpg output; --format {args.format} is written whole")
     name, notice = resolve(args.backend)
     if notice:
         notify(notice)
+    if speech:
+        dataset, track = _speech_source(args, dataset, name, show)
+        schedule = Schedule.speech(len(dataset.features), avatar, args.schedule)
+    else:
+        if args.audio_encoder is not None:
+            raise GpucompError("--audio-encoder computes features from --speech; give --speech too")
+        track, schedule = args.audio or dataset.audio_path, Schedule.straight(avatar)
+    if args.no_audio:
+        track = None
+    elif track is None and args.format == "mp4" and speech:
+        notify("the mp4 has no voice track: --features alone brings none; add --speech or --audio")
+    indices = schedule.outputs
     stats = StageStats()
     settings = RenderSettings(batch=args.batch, workers=args.workers, feather=args.feather,
                               cudnn_algo=args.cudnn_algo.upper(), cuda_graph=args.cuda_graph, tf32=args.tf32,
@@ -244,7 +406,7 @@ def _cmd_render(args) -> int:
         if args.format in IMAGE_FORMATS and str(args.output) != STDOUT:
             # Recorded only now that the model has loaded: a run that fails on bad
             # input leaves an earlier run's record, and so its resume, intact.
-            record = run_record(dataset=dataset, model_path=args.model, indices=indices, settings=settings,
+            record = run_record(dataset=dataset, model_path=args.model, schedule=schedule, settings=settings,
                                 backend=name, fmt=args.format)
             log = FrameLog(prepare_output_dir(Path(args.output)))
             if args.resume:
@@ -260,16 +422,15 @@ def _cmd_render(args) -> int:
                 log.start(record)
         sink = open_sink(args.format, args.output, dataset=dataset, indices=indices, workers=args.workers,
                          stats=stats, crf=args.crf, preset=args.preset, encoder=args.encoder,
-                         audio_path=args.audio, audio_rate=args.audio_rate, audio=not args.no_audio,
-                         notify=notify, log=log)
+                         audio_path=track, audio_rate=args.audio_rate, notify=notify, log=log)
         try:
             if show:
-                print(f"render: {backend.describe()}, frames {indices.start}..{indices.stop - 1} of {dataset.root}, "
+                print(f"render: {backend.describe()}, {schedule.describe()} of {dataset.root}, "
                       f"batch {args.batch}, workers {args.workers} -> {sink.label} ({args.format})", file=sys.stderr)
             t0 = time.perf_counter()
-            report, close = decode_progress(len(indices), "load", show)
+            report, close = decode_progress(len(schedule.avatar), "load", show)
             try:
-                backend.prepare(indices, report)
+                backend.prepare(schedule, report)
             finally:
                 close()
             prepared = time.perf_counter() - t0
@@ -295,7 +456,8 @@ def _cmd_render(args) -> int:
     return 0
 
 
-COMMANDS = {"render": _cmd_render, "demo": _cmd_demo, "synth": _cmd_synth, "model": _cmd_model}
+COMMANDS = {"render": _cmd_render, "demo": _cmd_demo, "synth": _cmd_synth, "model": _cmd_model,
+            "features": _cmd_features, "prepare": _cmd_prepare}
 
 
 def _raise_interrupt(signum, frame):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -148,7 +148,7 @@ class Dataset:
     placements: list[Placement]
     features: np.ndarray
     audio_path: Path | None
-    features_path: Path
+    features_path: Path | None  # None: features computed from speech for this render
     clip_rects: bool = False
 
     @property
@@ -168,7 +168,9 @@ class Dataset:
         return self.full.fps
 
     @classmethod
-    def open(cls, root: Path, *, clip_rects: bool = False) -> "Dataset":
+    def open(cls, root: Path, *, clip_rects: bool = False, features: bool = True) -> "Dataset":
+        """Open and validate a dataset; features=False when the render brings its
+        own (speech), so aud_ave.npy is neither needed nor read."""
         root = Path(root)
         if not root.is_dir():
             raise DatasetError(f"{root}: dataset directory not found")
@@ -195,9 +197,14 @@ class Dataset:
                                    f"has {len(raw)} rectangles")
         placements = [place(r, full.width, full.height, clip=clip_rects, where=f"{rects_path}: frame {i}")
                       for i, r in enumerate(raw)]
-        features = load_features(root / FEATURES_FILE)
+        features_path = root / FEATURES_FILE if features else None
+        rows = load_features(features_path) if features else np.zeros((0, FEATURE_DIM), np.float32)
         audio = next((root / n for n in AUDIO_FILES if (root / n).is_file()), None)
-        return cls(root, full, crops, rects_path, placements, features, audio, root / FEATURES_FILE, clip_rects)
+        return cls(root, full, crops, rects_path, placements, rows, audio, features_path, clip_rects)
+
+    def with_features(self, features: np.ndarray, path: Path | None) -> "Dataset":
+        """The same dataset rendering with other features (speech's)."""
+        return replace(self, features=features, features_path=path)
 
     def select(self, start: int = 0, frames: int | None = None) -> range:
         """Dataset frame indices for --start/--frames, checked against the length."""
@@ -221,20 +228,22 @@ class Dataset:
 
 
 class ChunkDecoder:
-    """Decodes consecutive frames of both videos, chunk after chunk, into
+    """Decodes given frames of both videos, chunk after chunk, into
     caller-provided arrays; the two videos are decoded in parallel (OpenCV
-    releases the GIL while decoding)."""
+    releases the GIL while decoding). Consecutive frames are read sequentially;
+    a chunk going backwards (a ping-pong schedule) costs a re-read from the
+    start of the video."""
 
-    def __init__(self, dataset: Dataset, indices: range):
-        self.readers = (FrameReader(dataset.full, indices.start), FrameReader(dataset.crops, indices.start))
+    def __init__(self, dataset: Dataset, first: int = 0):
+        self.readers = (FrameReader(dataset.full, first), FrameReader(dataset.crops, first))
 
-    def read_into(self, full: np.ndarray, crops: np.ndarray):
+    def read_into(self, full: np.ndarray, crops: np.ndarray, frames):
+        """Dataset frames `frames` into full[k] and crops[k]."""
         errors: list[BaseException] = []
 
         def decode(reader: FrameReader, into: np.ndarray):
             try:
-                for frame in into:
-                    reader.read(frame)
+                reader.read_frames(frames, into)
             except BaseException as exc:  # re-raised in the caller's thread
                 errors.append(exc)
 

@@ -77,3 +77,36 @@ def echo_model_path(quiet: bool = True) -> Path:
     from .model import build_echo_model
 
     return _cached_model(f"echo-v{MODEL_VERSION}.onnx", build_echo_model, "building the echo model in {} ...", quiet)
+
+
+def demo_audio_encoder(seed: int = 0, quiet: bool = False) -> Path:
+    """Path of the cached ave audio encoder (AUDIO.md) with seeded weights."""
+    from .model.audio_encoder import build_audio_encoder
+
+    return _cached_model(f"ave-seed{seed}-v{MODEL_VERSION}.onnx", lambda: build_audio_encoder(seed),
+                         "building the audio encoder in {} ...", quiet)
+
+
+def demo_speech(seconds: float = 8.0, seed: int = 0, quiet: bool = False) -> Path:
+    """Path of a cached 16 kHz mono wav of synthetic speech, built if missing."""
+    import io
+    import wave
+
+    import numpy as np
+
+    from .synth import SAMPLE_RATE, synthetic_speech
+
+    final = cache_dir() / "speech" / f"speech-{seconds:g}s-seed{seed}-v{SYNTH_VERSION}.wav"
+    if final.is_file():
+        return final
+    _say(f"writing demo speech ({seconds:g} s) to {final} ...", quiet)
+    pcm = np.round(np.clip(synthetic_speech(seconds, seed), -1, 1) * 32767).astype("<i2")
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(pcm.tobytes())
+    final.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(final, buffer.getvalue())
+    return final

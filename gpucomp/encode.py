@@ -143,9 +143,12 @@ class ImageSequenceSink:
 
 def open_sink(fmt: str, output, *, dataset, indices: range, workers: int, stats: StageStats, crf: int = 18,
               preset: str = "medium", encoder: str = "auto", audio_path=None, audio_rate=None,
-              audio: bool = True, notify=None, log=None):
+              notify=None, log=None):
     """The sink for --format: an image sequence directory, an MP4 file, or a
-    Y4M/raw stream to a file or stdout ('-'). `notify(text)` receives notices."""
+    Y4M/raw stream to a file or stdout ('-'). `notify(text)` receives notices.
+
+    mp4 carries `audio_path` (None: no track), the span of output frames
+    `indices` on its timeline."""
     from .video_out import STDOUT, Mp4Sink, StreamSink, choose_encoder
 
     if fmt in IMAGE_FORMATS:
@@ -159,13 +162,11 @@ def open_sink(fmt: str, output, *, dataset, indices: range, workers: int, stats:
     if str(output) == STDOUT:
         raise OutputError("mp4 cannot be streamed to stdout (the index is written last); use y4m or raw")
     track = None
-    if audio:
+    if audio_path is not None:
         from .audio import check_aac_rate, load_audio
 
-        source = audio_path or dataset.audio_path
-        if source is not None:
-            track = load_audio(source, audio_rate).segment(indices.start / dataset.fps, len(indices) / dataset.fps)
-            check_aac_rate(track.rate)
+        track = load_audio(audio_path, audio_rate).segment(indices.start / dataset.fps, len(indices) / dataset.fps)
+        check_aac_rate(track.rate)
     name, notice = choose_encoder(encoder)
     if notice and notify:
         notify(notice)

@@ -1,11 +1,14 @@
 """Decoded frames for a render: all of them, or a bounded ring filled ahead.
 
-Position p (0..n-1, dataset frame indices[p]) lives in slot p % slots of
-`full` [slots, H, W, 3] and `crops` [slots, 328, 328, 3]. With slots == n
-every frame is decoded before rendering starts (a preload); with fewer, a
-background thread decodes ahead into slots whose frames have been released, so
-memory stays within the budget however long the video. The slots live where
-`memory` allocates them: host RAM for the cpu backend, VRAM for the GPU engine.
+A render is a Schedule of positions 0..n-1, each using one avatar (dataset)
+frame. When the distinct avatar frames fit the budget they are all decoded
+before rendering starts (a preload), once each however often the schedule
+revisits them, and position p reads the slot of its avatar frame. Otherwise a
+background thread decodes ahead, position after position, into a ring:
+position p lives in slot p % slots of `full` [slots, H, W, 3] and `crops`
+[slots, 328, 328, 3], so memory stays within the budget however long the
+render. The slots live where `memory` allocates them: host RAM for the cpu
+backend, VRAM for the GPU engine.
 
 Rules: `acquire(positions)` blocks until those frames are decoded (and
 uploaded); `release(positions)` says they will not be read again. Slots are
@@ -24,6 +27,7 @@ from .contract import CROP_SIZE
 from .dataset import PRELOAD_MEMORY_SHARE, ChunkDecoder, Dataset
 from .errors import ResourceError
 from .resources import available_memory, format_bytes
+from .schedule import Schedule, as_schedule
 
 DECODE_CHUNK = 16  # frames decoded (and uploaded) per step
 
@@ -75,11 +79,15 @@ def in_flight_bytes(batch: int, workers: int, batches_in_flight: int, out_frame_
 
 
 class FrameRing:
-    def __init__(self, memory, dataset: Dataset, indices: range, slots: int, progress=None):
+    def __init__(self, memory, dataset: Dataset, schedule: Schedule | range, slots: int, progress=None):
+        """`slots`: frames the budget holds (ring_slots); at least as many as the
+        schedule's distinct avatar frames means a preload."""
+        schedule = as_schedule(schedule)
         self.dataset = dataset
-        self.indices = indices
-        self.count = len(indices)
-        self.slots = min(slots, self.count)
+        self.schedule = schedule
+        self.count = len(schedule)
+        self._streaming = slots < len(schedule.avatar)
+        self.slots = slots if self._streaming else len(schedule.avatar)
         self.memory = memory
         try:
             self.full = memory.empty((self.slots, dataset.height, dataset.width, 3), np.uint8)
@@ -90,9 +98,13 @@ class FrameRing:
             raise ResourceError(f"caching {self.slots} frames needs {format_bytes(self.slots * dataset.frame_bytes())} "
                                 f"of {kind} but only {format_bytes(free)} is free; lower --cache-budget or render "
                                 f"a part with --start/--frames") from None
-        self._decoder = ChunkDecoder(dataset, indices)
+        # What fills slot after slot: the avatar frames once each, or every position's frame in turn.
+        total = self.count if self._streaming else self.slots
+        self._fill = (lambda lo, hi: schedule.avatar_frames(range(lo, hi))) if self._streaming else \
+            (lambda lo, hi: np.arange(schedule.avatar.start + lo, schedule.avatar.start + hi))
+        self._decoder = ChunkDecoder(dataset, schedule.avatar.start)
         self._cond = threading.Condition()
-        self._decoded = 0                 # positions [0, decoded) are in their slots
+        self._decoded = 0                 # fills [0, decoded) are in their slots
         self._released = np.zeros(self.count, bool)
         self._free_below = 0              # every position below this is released
         self._error: BaseException | None = None
@@ -103,8 +115,8 @@ class FrameRing:
             self._thread.start()
         else:
             try:
-                while self._decoded < self.count:
-                    self._decode_next(min(DECODE_CHUNK, self.count - self._decoded))
+                while self._decoded < total:
+                    self._decode_next(min(DECODE_CHUNK, total - self._decoded))
                     if progress:
                         progress(self._decoded)
             finally:
@@ -112,17 +124,26 @@ class FrameRing:
 
     @property
     def streaming(self) -> bool:
-        return self.slots < self.count
+        return self._streaming
 
     def slot(self, position: int) -> int:
-        return position % self.slots
+        if self._streaming:
+            return position % self.slots
+        return self.schedule.avatar_frame(position) - self.schedule.avatar.start
+
+    def slots_of(self, positions) -> np.ndarray:
+        """Slot of each position (int64 array)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if self._streaming:
+            return positions % self.slots
+        return self.schedule.avatar_frames(positions) - self.schedule.avatar.start
 
     def _decode_next(self, count: int):
         first = self._decoded
         lo = first % self.slots
         full, crops = self.full[lo : lo + count], self.crops[lo : lo + count]
         staged_full, staged_crops = self.memory.staging(full, "full"), self.memory.staging(crops, "crops")
-        self._decoder.read_into(staged_full, staged_crops)
+        self._decoder.read_into(staged_full, staged_crops, self._fill(first, first + count))
         self.memory.commit(full, staged_full)
         self.memory.commit(crops, staged_crops)
         with self._cond:

@@ -92,9 +92,9 @@ _int = ctypes.c_int
 @lru_cache(maxsize=1)
 def host_kernels() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(host_library_path()))
-    lib.gc_host_composite.argtypes = [_u8p, _u8p, _f32p, _i32p, _i32p, _u8p, _int, _int, _int, _int, _int,
+    lib.gc_host_composite.argtypes = [_u8p, _u8p, _f32p, _i32p, _i32p, _u8p, _int, _int, _int, _int,
                                       ctypes.c_longlong]
-    lib.gc_host_prepare_visual.argtypes = [_u8p, _f32p, _int, _int, _int]
+    lib.gc_host_prepare_visual.argtypes = [_u8p, _i32p, _f32p, _int, _int]
     lib.gc_host_prepare_audio.argtypes = [_f32p, _int, _f32p, _int, _int]
     for fn in (lib.gc_host_composite, lib.gc_host_prepare_visual, lib.gc_host_prepare_audio):
         fn.restype = None

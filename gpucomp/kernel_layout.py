@@ -1,7 +1,7 @@
 """NumPy mirrors of the structs in kernels/common.cuh.
 
 `pack_frames` turns the placements of a frame range into the per-frame
-descriptors (gc_frame, 12 int32) and one shared buffer of bilinear taps
+descriptors (gc_frame, 12 int32: placement, table offsets, cache slot) and one shared buffer of bilinear taps
 (gc_tap, 4 int32), with one table per distinct size taken from
 gpucomp.contract: the kernels never derive geometry themselves.
 """
@@ -18,9 +18,13 @@ FRAME_INTS = 12  # sizeof(gc_frame) / 4
 TAP_INTS = 4     # sizeof(gc_tap) / 4
 
 
-def pack_frames(placements: Sequence[Placement], indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """(frames [n, 12] int32, taps [T, 4] int32) for the frames `indices`."""
+def pack_frames(placements: Sequence[Placement], indices: Sequence[int],
+                slots: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(frames [n, 12] int32, taps [T, 4] int32) for render positions 0..n-1
+    showing dataset frames `indices`, whose frames the cache holds in `slots`
+    (default: slot = position)."""
     frames = np.zeros((len(indices), FRAME_INTS), np.int32)
+    frames[:, 10] = np.arange(len(indices)) if slots is None else slots
     offsets: dict[tuple[str, int], int] = {}
     tables: list[np.ndarray] = []
     total = 0

@@ -52,7 +52,7 @@ def bytes_digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def run_record(*, dataset, model_path: Path, indices: range, settings, backend: str, fmt: str) -> dict:
+def run_record(*, dataset, model_path: Path, schedule, settings, backend: str, fmt: str) -> dict:
     """The facts that decide every output pixel of this render."""
     # cpu and gpu-sim run the same ONNX Runtime CPU kernels and bit-exact
     # compositing, so they may finish each other's runs; gpu's model numerics differ.
@@ -62,8 +62,13 @@ def run_record(*, dataset, model_path: Path, indices: range, settings, backend: 
         "full_body_video": file_digest(dataset.full.path, whole=False),
         "crops_video": file_digest(dataset.crops.path, whole=False),
         "rectangles": file_digest(dataset.rects_path),
-        "features": file_digest(dataset.features_path),
-        "frames": [indices.start, indices.stop],
+        # Features computed from speech are identified by their own bytes: the
+        # same speech through another encoder (or provider) is another render.
+        "features": file_digest(dataset.features_path) if dataset.features_path is not None
+        else bytes_digest(dataset.features.tobytes()),
+        "frames": [schedule.outputs.start, schedule.outputs.stop],
+        "avatar": [schedule.avatar.start, schedule.avatar.stop],
+        "schedule": schedule.kind,
         "batch": settings.batch,
         "feather": settings.feather,
         "clip_rects": dataset.clip_rects,
@@ -77,6 +82,7 @@ def run_record(*, dataset, model_path: Path, indices: range, settings, backend: 
 
 _NAMES = {"model": "the model", "full_body_video": "the full-body video", "crops_video": "the crops video",
           "rectangles": "the rectangles", "features": "the audio features", "frames": "the frame range",
+          "avatar": "the avatar frames", "schedule": "--schedule",
           "batch": "--batch", "feather": "--feather", "clip_rects": "--clip-rects", "backend_family": "the backend",
           "format": "--format", "tf32": "--tf32", "cudnn_algo": "--cudnn-algo", "cuda_graph": "--cuda-graph"}
 

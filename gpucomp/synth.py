@@ -21,6 +21,7 @@ import numpy as np
 
 from .contract import CROP_SIZE, FEATURE_DIM
 from .atomic import write_atomic
+from .prepare import producer_crop
 from .videoio import H264Writer
 
 WIDTH, HEIGHT, FPS = 1280, 720, 25
@@ -55,6 +56,23 @@ class SynthScript:
     features: np.ndarray     # (N - 1, 512) float32 >= 0
 
 
+def _voice(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """A speech-like 16 kHz signal of `count` samples, and its syllable envelope
+    in [0, 1]: a few harmonics of a wandering pitch, gated by syllables of
+    0.2-0.6 s with pauses between them, over a little noise."""
+    syllables = np.clip(_smooth_path(rng, count, (0.23 * SAMPLE_RATE, 0.61 * SAMPLE_RATE)), 0, 1)
+    f0 = 125 + 20 * _smooth_path(rng, count, (1.7 * SAMPLE_RATE,))
+    phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
+    voice = sum(np.sin(k * phase) / k for k in range(1, 6))
+    audio = (0.25 * syllables * voice / 2.3 + 0.003 * rng.standard_normal(count)).astype(np.float32)
+    return audio, syllables
+
+
+def synthetic_speech(seconds: float, seed: int = 0) -> np.ndarray:
+    """Deterministic speech-like 16 kHz mono float32 samples (the demo's new speech)."""
+    return _voice(np.random.default_rng(seed + 1_000_003), int(round(seconds * SAMPLE_RATE)))[0]
+
+
 def make_script(frames: int, seed: int, width: int = WIDTH, height: int = HEIGHT) -> SynthScript:
     rng = np.random.default_rng(seed)
     n = frames
@@ -73,14 +91,8 @@ def make_script(frames: int, seed: int, width: int = WIDTH, height: int = HEIGHT
     pan = np.stack([60 * s + 50 * s * _smooth_path(rng, n, (150.0, 61.0)),
                     40 * s + 30 * s * _smooth_path(rng, n, (190.0, 77.0))], axis=1).round().astype(int)
 
-    # Voice: a few harmonics of a wandering pitch, gated by a syllable envelope.
     samples_per_frame = SAMPLE_RATE // FPS
-    t = np.arange(n * samples_per_frame) / SAMPLE_RATE
-    syllables = np.clip(_smooth_path(rng, n * samples_per_frame, (0.23 * SAMPLE_RATE, 0.61 * SAMPLE_RATE)), 0, 1)
-    f0 = 125 + 20 * _smooth_path(rng, len(t), (1.7 * SAMPLE_RATE,))
-    phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
-    voice = sum(np.sin(k * phase) / k for k in range(1, 6))
-    audio = (0.25 * syllables * voice / 2.3 + 0.003 * rng.standard_normal(len(t))).astype(np.float32)
+    audio, syllables = _voice(rng, n * samples_per_frame)
     mouth = syllables.reshape(n, samples_per_frame).mean(axis=1)
 
     # Features: smooth over time and non-negative, louder frames lighting up more
@@ -138,12 +150,6 @@ def render_frame(script: SynthScript, background: np.ndarray, skin: np.ndarray, 
     return frame
 
 
-def face_crop(frame: np.ndarray, rect) -> np.ndarray:
-    """The producer's crop: frame[y1:y2, x1:x2] resized with INTER_CUBIC to 328."""
-    x1, y1, x2, y2 = (int(v) for v in rect)
-    return cv2.resize(frame[y1:y2, x1:x2], (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_CUBIC)
-
-
 def write_dataset(output: Path, frames: int = 100, seed: int = 0, progress=None, *, width: int = WIDTH,
                   height: int = HEIGHT) -> Path:
     """Write a demo dataset into `output` (created if needed); returns it.
@@ -169,7 +175,7 @@ def write_dataset(output: Path, frames: int = 100, seed: int = 0, progress=None,
         for i in range(frames):
             frame = render_frame(script, background, skin, i, width, height)
             full.write(frame)
-            crops.write(face_crop(frame, script.rects[i]))
+            crops.write(producer_crop(frame, script.rects[i]))
             if progress:
                 progress(i + 1)
 

@@ -53,18 +53,47 @@ def probe_video(path: Path) -> VideoInfo:
 
 
 class FrameReader:
-    """Sequential BGR frames of one video from frame `start` on."""
+    """BGR frames of one video, read sequentially from frame `start` on.
+
+    `seek` goes forward with grab(); going back reopens the file and grabs
+    from the first frame, because seeking by timestamp is not guaranteed to land
+    on exactly the K-th frame that sequential reading gives."""
 
     def __init__(self, info: VideoInfo, start: int = 0):
         self.info = info
+        self._cap = None
+        self._open()
+        self.seek(start)
+
+    def _open(self):
+        if self._cap is not None:
+            self._cap.release()
         self.position = 0
-        self._cap = cv2.VideoCapture(str(info.path))
+        self._cap = cv2.VideoCapture(str(self.info.path))
         if not self._cap.isOpened():
-            raise DatasetError(f"{info.path}: cannot be opened as a video")
-        while self.position < start:
+            raise DatasetError(f"{self.info.path}: cannot be opened as a video")
+
+    def seek(self, index: int):
+        """Make frame `index` the next one read."""
+        if index < self.position:
+            self._open()
+        while self.position < index:
             if not self._cap.grab():
                 self._fail()
             self.position += 1
+
+    def read_frames(self, wanted, out: np.ndarray):
+        """Frames `wanted` (any order, repeats allowed) into out[0], out[1], ...:
+        each distinct frame decoded once, in ascending order."""
+        done: dict[int, int] = {}
+        for k in sorted(range(len(wanted)), key=lambda k: wanted[k]):
+            index = int(wanted[k])
+            if index in done:
+                np.copyto(out[k], out[done[index]])
+                continue
+            self.seek(index)
+            self.read(out[k])
+            done[index] = k
 
     def _fail(self):
         raise DatasetError(

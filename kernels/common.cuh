@@ -36,12 +36,14 @@ typedef long long gc_i64;
 #define GC_ALPHA_ONE 256
 
 /* Where one frame's face goes (gpucomp.contract.Placement), plus the offsets
- * of its bilinear tables in the shared tap buffer. 12 ints, one per frame. */
+ * of its bilinear tables in the shared tap buffer and the cache slot holding
+ * its frames. 12 ints, one per render position. */
 typedef struct {
     int x1, y1, x2, y2;     /* rectangle, exclusive ends; the face is resized to it */
     int vx1, vy1, vx2, vy2; /* the part inside the frame; empty when vx2 <= vx1 */
     int xtab, ytab;         /* first tap of the x and y tables for this size */
-    int reserved0, reserved1;
+    int slot;               /* cache slot of this position's full frame and crop */
+    int reserved;
 } gc_frame;
 
 /* One destination index of a cv2-exact bilinear table

@@ -5,12 +5,12 @@
 #define GC_COMPOSITE_PARAMS                                                                        \
     const gc_u8 *__restrict__ full, const gc_u8 *__restrict__ crops, const float *__restrict__ pred, \
         const gc_frame *__restrict__ frames, const gc_tap *__restrict__ taps, gc_u8 *__restrict__ out,   \
-        int first, int slots, int width, int feather, long long frame_bytes
+        int first, int width, int feather, long long frame_bytes
 
 /* The thread's byte offset is computed in 64 bits (2^27 threads x 16 bytes would
  * overflow int); once below frame_bytes (< 2^31, checked on the host) it fits in int. */
 #define GC_COMPOSITE_SETUP                                                                         \
-    gc_composite_args a = {full, crops, pred, frames, taps, first, slots, width, feather, frame_bytes}; \
+    gc_composite_args a = {full, crops, pred, frames, taps, first, width, feather, frame_bytes};        \
     int b = blockIdx.y;                                                                            \
     gc_i64 off64 = ((gc_i64)blockIdx.x * blockDim.x + threadIdx.x) * 16;                           \
     if (off64 >= frame_bytes)                                                                      \

@@ -15,10 +15,9 @@ typedef struct {
     const gc_u8 *full;      /* [slots, height, width, 3] cached full-body frames */
     const gc_u8 *crops;     /* [slots, 328, 328, 3] cached crops */
     const float *pred;      /* [batch, 3, 320, 320] predictions of this batch */
-    const gc_frame *frames; /* per cache position */
+    const gc_frame *frames; /* per render position */
     const gc_tap *taps;     /* all bilinear tables */
-    int first;              /* cache position of the batch's frame 0 */
-    int slots;              /* frames the cache holds; position p lives in slot p % slots */
+    int first;              /* render position of the batch's frame 0 */
     int width;
     int feather;            /* 0: the exact contract */
     gc_i64 frame_bytes;     /* height * width * 3, below 2^31 */
@@ -73,9 +72,8 @@ typedef struct {
 GC_HD gc_frame_view gc_view(const gc_composite_args *a, int b)
 {
     gc_frame_view v;
-    int position = a->first + b;
-    gc_i64 slot = position % a->slots;
-    v.f = &a->frames[position];
+    v.f = &a->frames[a->first + b];
+    gc_i64 slot = v.f->slot;
     v.full = a->full + slot * a->frame_bytes;
     v.crop = a->crops + slot * (GC_CROP * GC_CROP * 3);
     v.pred = a->pred + (gc_i64)b * 3 * GC_ROI * GC_ROI;

@@ -5,10 +5,10 @@
 #include "prepare.cuh"
 
 void gc_host_composite(const gc_u8 *full, const gc_u8 *crops, const float *pred, const gc_frame *frames,
-                       const gc_tap *taps, gc_u8 *out, int first, int slots, int batch, int width,
-                       int feather, long long frame_bytes)
+                       const gc_tap *taps, gc_u8 *out, int first, int batch, int width, int feather,
+                       long long frame_bytes)
 {
-    gc_composite_args a = {full, crops, pred, frames, taps, first, slots, width, feather, frame_bytes};
+    gc_composite_args a = {full, crops, pred, frames, taps, first, width, feather, frame_bytes};
     for (int b = 0; b < batch; ++b) {
         gc_frame_view v = gc_view(&a, b);
         gc_u8 *dst = out + (gc_i64)b * frame_bytes;
@@ -24,10 +24,10 @@ void gc_host_composite(const gc_u8 *full, const gc_u8 *crops, const float *pred,
     }
 }
 
-void gc_host_prepare_visual(const gc_u8 *crops, float *visual, int first, int slots, int batch)
+void gc_host_prepare_visual(const gc_u8 *crops, const gc_frame *frames, float *visual, int first, int batch)
 {
     for (int b = 0; b < batch; ++b) {
-        gc_i64 slot = (first + b) % slots;
+        gc_i64 slot = frames[first + b].slot;
         for (int i = 0; i < GC_ROI * GC_ROI; ++i)
             gc_visual_pixel(crops + slot * (GC_CROP * GC_CROP * 3), visual + (gc_i64)b * 6 * GC_ROI * GC_ROI,
                             i / GC_ROI, i % GC_ROI);

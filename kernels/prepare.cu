@@ -2,14 +2,14 @@
  * audio [B, 32, 16, 16]. grid.y is the frame of the batch. */
 #include "prepare.cuh"
 
-extern "C" __global__ void gc_prepare_visual(const gc_u8 *__restrict__ crops, float *__restrict__ visual,
-                                             int first, int slots)
+extern "C" __global__ void gc_prepare_visual(const gc_u8 *__restrict__ crops, const gc_frame *__restrict__ frames,
+                                             float *__restrict__ visual, int first)
 {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= GC_ROI * GC_ROI)
         return;
     int b = blockIdx.y;
-    gc_i64 slot = (first + b) % slots;
+    gc_i64 slot = frames[first + b].slot;
     gc_visual_pixel(crops + slot * (GC_CROP * GC_CROP * 3), visual + (gc_i64)b * 6 * GC_ROI * GC_ROI,
                     i / GC_ROI, i % GC_ROI);
 }

@@ -130,3 +130,27 @@ def decode_video(path) -> list:
         if not ok:
             return frames
         frames.append(frame)
+
+
+@pytest.fixture(scope="session")
+def echo_model_file(tmp_path_factory) -> Path:
+    """The echo model: output = input roi, identical on every backend."""
+    import onnx
+
+    from gpucomp.model import build_echo_model
+
+    path = tmp_path_factory.mktemp("echo") / "echo.onnx"
+    onnx.save(build_echo_model(), str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def audio_encoder(tmp_path_factory) -> Path:
+    """The ave audio encoder of AUDIO.md with seeded weights."""
+    import onnx
+
+    from gpucomp.model.audio_encoder import build_audio_encoder
+
+    path = tmp_path_factory.mktemp("ave") / "ave.onnx"
+    onnx.save(build_audio_encoder(0), str(path))
+    return path

@@ -28,14 +28,15 @@ def random_rect(rng, w, h, kind):
     return [x1, y1, x1 + rw, y1 + rh]
 
 
-def run_composite(device, full, crops, pred, placements, first, feather):
-    """Composite batch frames first..first+B-1 (positions) with the device's kernel."""
-    slots, h, w, _ = full.shape
+def run_composite(device, full, crops, pred, placements, first, feather, slots=None):
+    """Composite batch frames first..first+B-1 (positions, whose frames are in
+    cache slots `slots`, default slot = position) with the device's kernel."""
+    _, h, w, _ = full.shape
     batch = pred.shape[0]
-    frames, taps = pack_frames(placements, range(len(placements)))
+    frames, taps = pack_frames(placements, range(len(placements)), slots)
     out = device.empty((batch, h, w, 3), np.uint8)
     device.composite(device.to_device(full), device.to_device(crops), device.to_device(pred),
-                     device.to_device(frames), device.to_device(taps), out, first, slots, batch, w, feather)
+                     device.to_device(frames), device.to_device(taps), out, first, batch, w, feather)
     return device.to_host(out)
 
 
@@ -54,10 +55,12 @@ def test_composite_kernel_matches_contract(device, size, feather):
             positions = 12
             placements = [contract.place(random_rect(rng, w, h, kind), w, h, clip=True, where="t")
                           for _ in range(positions)]
-            first = int(rng.integers(0, positions - batch + 1))  # slots wrap: position p lives in p % 5
-            got = run_composite(device, full, crops, pred, placements, first, feather)
+            first = int(rng.integers(0, positions - batch + 1))
+            # Any slot per position: a ring's p % slots, or a schedule revisiting frames.
+            slot_of = rng.integers(0, slots, positions)
+            got = run_composite(device, full, crops, pred, placements, first, feather, slot_of)
             for b in range(batch):
-                p, slot = placements[first + b], (first + b) % slots
+                p, slot = placements[first + b], slot_of[first + b]
                 expected = composite_frame(full[slot], crops[slot], pred[b], p, feather)
                 assert np.array_equal(got[b], expected), f"{kind} rect {(p.x1, p.y1, p.x2, p.y2)} frame {b}"
                 if not feather:
@@ -89,9 +92,12 @@ def test_prepare_kernels_match_contract(device, rows):
     features = rng.uniform(0, 10, (rows, 512)).astype(np.float32)
     visual = device.empty((batch, 6, 320, 320), np.float32)
     audio = device.empty((batch, 32, 16, 16), np.float32)
-    device.prepare_inputs(device.to_device(crops), visual, audio, device.to_device(features), first, slots, batch,
-                          first_index)
-    expected_crops = np.stack([crops[(first + b) % slots] for b in range(batch)])
+    slot_of = [0, 1, 3, 3, 0]  # position 2 and 3 show the same cached frame
+    placement = contract.place([0, 0, 10, 10], 20, 20, clip=False, where="t")
+    frames, _ = pack_frames([placement] * len(slot_of), range(len(slot_of)), slot_of)
+    device.prepare_inputs(device.to_device(crops), device.to_device(frames), visual, audio,
+                          device.to_device(features), first, batch, first_index)
+    expected_crops = np.stack([crops[slot_of[first + b]] for b in range(batch)])
     assert np.array_equal(device.to_host(visual), contract.visual_input(expected_crops))
     assert np.array_equal(device.to_host(audio), contract.audio_input(features, range(first_index, first_index + batch)))
 
@@ -106,6 +112,8 @@ def test_frame_descriptors_share_tables():
     assert np.array_equal(taps[x_offset : x_offset + 50], contract.axis_table(328, 50, "x"))
     assert np.array_equal(taps[y_offset : y_offset + 30], contract.axis_table(328, 30, "y"))
     assert frames[0, :8].tolist() == [-5, 20, 45, 50, 0, 20, 45, 50]
+    assert frames[:, 10].tolist() == [0, 1, 2]  # cache slot: the position, unless given
+    assert pack_frames(placements, [2, 0, 1], [7, 7, 3])[0][:, 10].tolist() == [7, 7, 3]
 
 
 @pytest.mark.parametrize("source", sorted(p.name for p in source_dir().glob("*.cu")))

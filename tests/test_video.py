@@ -183,7 +183,8 @@ def test_h264_encoding_is_reproducible_within_a_process(tmp_path):
     """x264's SIMD motion search and weighted-prediction analysis read heap
     garbage unless `cpu-independent` is set: the same face crops then encoded
     to different bytes from one call to the next (2 to 7 versions in 8 calls)."""
-    from gpucomp.synth import face_crop, make_script, render_frame, _background
+    from gpucomp.prepare import producer_crop as face_crop
+    from gpucomp.synth import make_script, render_frame, _background
     from gpucomp.videoio import H264Writer
 
     script = make_script(12, seed=7)

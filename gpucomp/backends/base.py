@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..dataset import Dataset
+from ..schedule import Schedule
 from ..telemetry import StageStats
 
 
@@ -39,7 +40,7 @@ class RenderSettings:
 class PendingBatch(ABC):
     """Frames of one submitted batch; computation may still be under way."""
 
-    indices: list[int]  # dataset frame index of each frame
+    indices: list[int]  # output frame number of each frame
 
     @abstractmethod
     def wait(self) -> list[np.ndarray]:
@@ -61,11 +62,12 @@ class Backend(ABC):
         self.stats = stats
 
     @abstractmethod
-    def prepare(self, indices: range, progress=None):
-        """Load the frames of `indices` (kept as `self.indices`) and warm up
-        every batch shape the run uses.
+    def prepare(self, schedule: Schedule | range, progress=None):
+        """Load the frames of `schedule` (kept as `self.schedule`; a range of
+        dataset frames is the straight schedule) and warm up every batch shape
+        the run uses.
 
-        Positions 0..len(indices)-1 given to `submit` refer to these frames.
+        Positions 0..len(schedule)-1 given to `submit` refer to its frames.
         """
 
     @abstractmethod
@@ -73,8 +75,8 @@ class Backend(ABC):
         """Start inference and compositing for the frames at `positions`."""
 
     def frame_index(self, position: int) -> int:
-        """Dataset frame index of a prepared position."""
-        return self.indices[position]
+        """Output frame number of a prepared position."""
+        return self.schedule.outputs[position]
 
     def skip(self, positions: range):
         """These frames will not be rendered (resume): free whatever holds them."""

@@ -14,6 +14,7 @@ from ..dataset import PRELOAD_MEMORY_SHARE
 from ..framecache import FrameRing, HostMemory, in_flight_bytes, ring_slots
 from ..model import ModelSession
 from ..resources import available_memory
+from ..schedule import Schedule, as_schedule
 from ..telemetry import Timer
 from .base import Backend, PendingBatch, batch_sizes
 
@@ -64,41 +65,42 @@ class CpuBackend(Backend):
         self._pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="composite")
         self.frames: FrameRing | None = None
 
-    def prepare(self, indices: range, progress=None):
-        ds = self.dataset
+    def prepare(self, schedule: Schedule | range, progress=None):
+        ds, schedule = self.dataset, as_schedule(schedule)
         budget, kind = self.settings.cache_budget, None
         if budget is None:
             budget, kind = int(PRELOAD_MEMORY_SHARE * available_memory()), "RAM"
-        batch = min(self.settings.batch, len(indices))
-        self.session.check_batches(batch_sizes(len(indices), self.settings.batch))
+        count, distinct = len(schedule), len(schedule.avatar)
+        batch = min(self.settings.batch, count)
+        self.session.check_batches(batch_sizes(count, self.settings.batch))
         reserved = in_flight_bytes(batch, self.settings.workers, self.max_in_flight, ds.width * ds.height * 3) + \
             self.settings.output_reserve
-        slots = ring_slots(len(indices), ds.frame_bytes(), budget, batch,
-                           f"caching {len(indices)} frames of {ds.width}x{ds.height}", kind, reserved=reserved)
-        self.indices = indices
-        self.frames = FrameRing(HostMemory(), ds, indices, slots, progress)
-        for size in batch_sizes(len(indices), self.settings.batch):
+        slots = ring_slots(distinct, ds.frame_bytes(), budget, batch,
+                           f"caching {distinct} frames of {ds.width}x{ds.height}", kind, reserved=reserved)
+        self.schedule = schedule
+        self.frames = FrameRing(HostMemory(), ds, schedule, slots, progress)
+        for size in batch_sizes(count, self.settings.batch):
             self.session.warm_up(size)
 
     def _crops(self, positions: range) -> np.ndarray:
-        ring = self.frames
-        lo, hi = ring.slot(positions.start), ring.slot(positions.stop - 1) + 1
-        if hi - lo == len(positions):
-            return ring.crops[lo:hi]
-        return ring.crops[[ring.slot(p) for p in positions]]  # the batch wraps around the ring
+        slots = self.frames.slots_of(positions)
+        lo, hi = int(slots[0]), int(slots[-1]) + 1
+        if hi - lo == len(positions) and (np.diff(slots) == 1).all():
+            return self.frames.crops[lo:hi]
+        return self.frames.crops[slots]  # the batch wraps around the ring, or revisits frames
 
     def infer_only(self, positions: range) -> np.ndarray:
-        indices = [self.frames.indices[p] for p in positions]
         self.frames.acquire(positions)
         visual = visual_input(self._crops(positions))
-        return self.session.run(visual, audio_input(self.dataset.features, indices))
+        outputs = self.schedule.outputs[positions.start : positions.stop]  # the feature rows the windows centre on
+        return self.session.run(visual, audio_input(self.dataset.features, outputs))
 
     def submit(self, positions: range) -> PendingBatch:
-        indices = [self.frames.indices[p] for p in positions]
+        outputs = [self.schedule.outputs[p] for p in positions]
         with Timer(self.stats, "inference", len(positions)):
             pred = self.infer_only(positions)
         futures = [self._pool.submit(self._composite, p, pred[k]) for k, p in enumerate(positions)]
-        return _CpuPending(indices, futures, lambda: self.frames.release(positions))
+        return _CpuPending(outputs, futures, lambda: self.frames.release(positions))
 
     def skip(self, positions: range):
         self.frames.release(positions)
@@ -107,7 +109,7 @@ class CpuBackend(Backend):
         with Timer(self.stats, "composite", 1):
             ring, slot = self.frames, self.frames.slot(position)
             return composite_frame(ring.full[slot], ring.crops[slot], pred,
-                                   self.dataset.placements[ring.indices[position]], self.settings.feather)
+                                   self.dataset.placements[self.schedule.avatar_frame(position)], self.settings.feather)
 
     def close(self):
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -90,12 +90,12 @@ class Device(ABC):
         may be called from the decode-ahead thread."""
 
     @abstractmethod
-    def prepare_inputs(self, crops, visual, audio, features, first: int, slots: int, batch: int,
+    def prepare_inputs(self, crops, frames, visual, audio, features, first: int, batch: int,
                        first_index: int): ...
 
     @abstractmethod
-    def composite(self, full, crops, pred, frames, taps, out, first: int, slots: int, batch: int,
-                  width: int, feather: int): ...
+    def composite(self, full, crops, pred, frames, taps, out, first: int, batch: int, width: int,
+                  feather: int): ...
 
     @abstractmethod
     def copy(self, dst, src):
@@ -161,13 +161,13 @@ class SimDevice(HostMemory, Device):
     def pointer(self, array) -> int:
         return array.ctypes.data
 
-    def prepare_inputs(self, crops, visual, audio, features, first, slots, batch, first_index):
-        self.lib.gc_host_prepare_visual(crops, visual, first, slots, batch)
+    def prepare_inputs(self, crops, frames, visual, audio, features, first, batch, first_index):
+        self.lib.gc_host_prepare_visual(crops, frames, visual, first, batch)
         self.lib.gc_host_prepare_audio(features, features.shape[0], audio, first_index, batch)
 
-    def composite(self, full, crops, pred, frames, taps, out, first, slots, batch, width, feather):
+    def composite(self, full, crops, pred, frames, taps, out, first, batch, width, feather):
         frame_bytes = full.shape[1] * full.shape[2] * 3
-        self.lib.gc_host_composite(full, crops, pred, frames, taps, out, first, slots, batch, width, feather,
+        self.lib.gc_host_composite(full, crops, pred, frames, taps, out, first, batch, width, feather,
                                    frame_bytes)
 
     def copy(self, dst, src):
@@ -288,21 +288,21 @@ class CudaDevice(Device):
             dest.set(staged, stream=self.uploader)
             self.uploader.synchronize()  # the staging buffer is reused for the next chunk
 
-    def prepare_inputs(self, crops, visual, audio, features, first, slots, batch, first_index):
+    def prepare_inputs(self, crops, frames, visual, audio, features, first, batch, first_index):
         i32 = np.int32
         with self.compute:
             self.kernels["gc_prepare_visual"]((_blocks(ROI_SIZE * ROI_SIZE), batch), (THREADS,),
-                                              (crops, visual, i32(first), i32(slots)))
+                                              (crops, frames, visual, i32(first)))
             self.kernels["gc_prepare_audio"]((_blocks(AUDIO_WINDOW * FEATURE_DIM), batch), (THREADS,),
                                              (features, i32(features.shape[0]), audio, i32(first_index)))
 
-    def composite(self, full, crops, pred, frames, taps, out, first, slots, batch, width, feather):
+    def composite(self, full, crops, pred, frames, taps, out, first, batch, width, feather):
         frame_bytes = full.shape[1] * full.shape[2] * 3
         name = "gc_composite_vec16" if frame_bytes % 16 == 0 else "gc_composite_bytes"
         i32 = np.int32
         with self.compute:
             self.kernels[name]((_blocks((frame_bytes + 15) // 16), batch), (THREADS,),
-                               (full, crops, pred, frames, taps, out, i32(first), i32(slots), i32(width),
+                               (full, crops, pred, frames, taps, out, i32(first), i32(width),
                                 i32(feather), np.int64(frame_bytes)))
 
     def copy(self, dst, src):

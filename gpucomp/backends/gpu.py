@@ -30,6 +30,7 @@ from ..framecache import FrameRing, ring_slots
 from ..kernel_layout import pack_frames
 from ..model import ModelSession
 from ..model.session import WARM_UP_RUNS
+from ..schedule import Schedule, as_schedule
 from .base import Backend, PendingBatch, batch_sizes
 from .devices import CudaDevice, SimDevice
 
@@ -86,7 +87,7 @@ class GpuBackend(Backend):
 
     # -- set-up -------------------------------------------------------------
 
-    def prepare(self, indices: range, progress=None):
+    def prepare(self, schedule: Schedule | range, progress=None):
         """Model buffers, warm-up (and CUDA-graph capture), output ring, then the
         frame cache sized from what is free after all of that.
 
@@ -96,14 +97,15 @@ class GpuBackend(Backend):
         cuDNN workspaces are allocated by the warm-up, so free memory measured
         afterwards is what the cache may really take."""
         ds, dev = self.dataset, self.device
-        n = len(indices)
+        schedule = as_schedule(schedule)
+        n = len(schedule)
         batch = min(self.settings.batch, n)
         if ds.width * ds.height * 3 >= 2**31:
             raise ResourceError(f"frames of {ds.width}x{ds.height} are too large for the kernels (2 GiB per frame)")
-        self.indices = indices
+        self.schedule = schedule
         self.session.check_batches(batch_sizes(n, batch))
-        # Only the feature rows this range's windows read go to the device.
-        self.feature_rows = feature_rows(indices, ds.features.shape[0])
+        # Only the feature rows this render's windows read go to the device.
+        self.feature_rows = feature_rows(schedule.outputs, ds.features.shape[0])
         self.visual = dev.zeros((batch,) + VISUAL_SHAPE, np.float32)
         self.audio = dev.zeros((batch,) + AUDIO_SHAPE, np.float32)
         self.pred = dev.zeros((batch,) + PRED_SHAPE, np.float32)
@@ -122,17 +124,19 @@ class GpuBackend(Backend):
         budget, kind = self.settings.cache_budget, None
         if budget is None:  # what is free now
             budget, kind = max(0, dev.free_memory() - dev.headroom_bytes), dev.memory_kind
-        what = f"caching {n} frames of {ds.width}x{ds.height}"
-        slots = ring_slots(n, ds.frame_bytes(), budget, batch, what, kind, reserved=reserved)
-        dev.check_memory(slots * ds.frame_bytes() + reserved, what if slots == n else f"{what} ({slots} at a time)")
+        distinct = len(schedule.avatar)
+        what = f"caching {distinct} frames of {ds.width}x{ds.height}"
+        slots = ring_slots(distinct, ds.frame_bytes(), budget, batch, what, kind, reserved=reserved)
+        dev.check_memory(slots * ds.frame_bytes() + reserved,
+                         what if slots == distinct else f"{what} ({slots} at a time)")
         self.out_ring = [dev.empty((batch, ds.height, ds.width, 3), np.uint8) for _ in range(self.max_in_flight)]
         self.host_ring = [dev.host_buffer((batch, ds.height, ds.width, 3), np.uint8)
                           for _ in range(self.max_in_flight)]
         self.free_slots = list(range(self.max_in_flight))
         self.features = dev.to_device(np.ascontiguousarray(ds.features[self.feature_rows.start : self.feature_rows.stop]))
-        frames, taps = pack_frames(ds.placements, indices)
+        self.ring = FrameRing(dev, ds, schedule, slots, progress)  # may start the decode-ahead thread
+        frames, taps = pack_frames(ds.placements, schedule.avatar_frames(range(n)), self.ring.slots_of(range(n)))
         self.frames, self.taps = dev.to_device(frames), dev.to_device(taps)
-        self.ring = FrameRing(dev, ds, indices, slots, progress)  # may start the decode-ahead thread
 
     def _warm_up(self):
         """Untimed runs of every batch shape: allocation, cuDNN algorithm search,
@@ -164,8 +168,8 @@ class GpuBackend(Backend):
         size, first = len(positions), positions.start
         # Frame indices relative to the uploaded rows: the kernel zero-pads outside them,
         # exactly where it would outside the whole features (see feature_rows).
-        self.device.prepare_inputs(self.ring.crops, self.visual, self.audio, self.features, first, self.ring.slots,
-                                   size, self.indices[first] - self.feature_rows.start)
+        self.device.prepare_inputs(self.ring.crops, self.frames, self.visual, self.audio, self.features, first, size,
+                                   self.schedule.outputs[first] - self.feature_rows.start)
         self.session.run_bound(self.bindings[size], self.run_options[size])
 
     def infer_only(self, positions: range):
@@ -184,11 +188,11 @@ class GpuBackend(Backend):
         self._infer(positions)
         inferred = dev.mark()
         dev.composite(self.ring.full, self.ring.crops, self.pred, self.frames, self.taps, self.out_ring[slot], first,
-                      self.ring.slots, size, self.dataset.width, self.settings.feather)
+                      size, self.dataset.width, self.settings.feather)
         composited = dev.mark()
         copy = dev.copy_to_host(self.out_ring[slot][:size], self.host_ring[slot][:size])
-        indices = [self.indices[p] for p in positions]
-        return _GpuPending(self, positions, indices, slot, (start, inferred, composited), copy)
+        outputs = [self.schedule.outputs[p] for p in positions]
+        return _GpuPending(self, positions, outputs, slot, (start, inferred, composited), copy)
 
     def skip(self, positions: range):
         self.ring.release(positions)

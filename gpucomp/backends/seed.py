@@ -76,12 +76,12 @@ class SeedRenderer:
         """Render every prepared frame into `output`; returns (frames, seconds)."""
         output = prepare_output_dir(output)
         cache, ds = self.cache, self.dataset
-        count = len(cache.indices)
+        count = len(cache.schedule)
         start = time.perf_counter()
         with ThreadPoolExecutor(self.workers) as pool:
             for first in range(0, count, self.batch):
                 positions = range(first, min(first + self.batch, count))
-                indices = [cache.indices[p] for p in positions]
+                indices = [cache.schedule.outputs[p] for p in positions]
                 with Timer(self.stats, "inference", len(positions)):
                     visual = visual_input(cache.crops[first : positions.stop])
                     pred = self.session.run(visual, audio_input(ds.features, indices))

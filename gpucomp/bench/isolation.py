@@ -55,7 +55,8 @@ def cpu_composite(backend, count: int, repeats: int, cores: int) -> list[dict]:
 
     def one(p):
         s = ring.slot(p)
-        return composite_frame(ring.full[s], ring.crops[s], preds[p % len(preds)], placements[ring.indices[p]])
+        return composite_frame(ring.full[s], ring.crops[s], preds[p % len(preds)],
+                               placements[ring.schedule.avatar_frame(p)])
 
     rows = []
     for threads in _thread_counts(cores):
@@ -93,7 +94,7 @@ def engine_composite(backend, repeats: int) -> dict:
         return seconds
 
     kernel = timed(lambda: dev.composite(ring.full, ring.crops, pred, backend.frames, backend.taps, out, 0,
-                                         ring.slots, batch, backend.dataset.width, 0))
+                                         batch, backend.dataset.width, 0))
     copy = timed(lambda: dev.copy(out, ring.full[:batch]))
     kernel_gbps = [batch * frame_bytes / s / 1e9 for s in kernel]
     copy_gbps = [batch * frame_bytes / s / 1e9 for s in copy]

@@ -1,0 +1,128 @@
+"""Speech -> per-frame audio features (AUDIO.md): the mel front end, the audio
+encoder in batches, optional smoothing, and the first and last rows repeated.
+
+    samples (16 kHz) -> mel (T, 80) -> n windows [n, 1, 80, 16] -> encoder -> [n, 512]
+                     -> [f0, f0, f1, ..., f(n-1), f(n-1)]    M = n + 2 rows, one per video frame
+
+The encoder is any ONNX model with one input [B, 1, 80, 16] and one output
+[B, 512] (names differ between exports, so they are found by shape); on the
+gpu backend it runs on ONNX Runtime's CUDA provider.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import melspec
+from .contract import FEATURE_DIM
+from .errors import DatasetError, ModelError
+from .model.session import load_session, one_line
+
+WINDOW_SHAPE = (1, melspec.N_MELS, melspec.WINDOW_FRAMES)
+ENCODER_BATCH = 64
+
+
+def _shape_matches(shape, tail) -> bool:
+    return len(shape) == len(tail) + 1 and all(isinstance(d, int) and d == t for d, t in zip(shape[1:], tail))
+
+
+class AudioEncoder:
+    """An audio-encoder ONNX model: mel windows [B, 1, 80, 16] -> features [B, 512]."""
+
+    def __init__(self, path: Path, providers=("CPUExecutionProvider",)):
+        self.path = Path(path)
+        self.session = load_session(self.path, list(providers))
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        described = ", ".join(f"{a.name}{list(a.shape)}" for a in inputs) + " -> " + \
+            ", ".join(f"{a.name}{list(a.shape)}" for a in outputs)
+        if len(inputs) != 1 or len(outputs) != 1 or not _shape_matches(inputs[0].shape, WINDOW_SHAPE) \
+                or not _shape_matches(outputs[0].shape, (FEATURE_DIM,)):
+            raise ModelError(f"{self.path}: an audio encoder takes mel windows [B,1,80,16] and gives features "
+                             f"[B,512], this model has {described}")
+        if inputs[0].type != "tensor(float)":
+            raise ModelError(f"{self.path}: the audio encoder must take float32, it takes {inputs[0].type}")
+        self.input, self.output = inputs[0].name, outputs[0].name
+        batch = inputs[0].shape[0]
+        self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
+
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0]
+
+    def encode(self, windows: np.ndarray) -> np.ndarray:
+        """[B, 1, 80, 16] float32 -> [B, 512] float32, finite."""
+        try:
+            (out,) = self.session.run([self.output], {self.input: windows})
+        except Exception as exc:
+            raise ModelError(f"{self.path}: the audio encoder failed ({one_line(exc)})") from None
+        out = np.asarray(out, dtype=np.float32).reshape(len(windows), -1)
+        if out.shape[1] != FEATURE_DIM:
+            raise ModelError(f"{self.path}: the audio encoder gave {out.shape[1]} values per window, expected "
+                             f"{FEATURE_DIM}")
+        if not np.isfinite(out).all():
+            raise ModelError(f"{self.path}: the audio encoder gave NaN or infinity")
+        return out
+
+
+@dataclass
+class FeatureTimes:
+    """Seconds spent in each step (the front end on the CPU, the encoder where it runs)."""
+    mel: float = 0.0
+    encoder: float = 0.0
+
+
+def smooth_rows(rows: np.ndarray) -> np.ndarray:
+    """Mean of rows i-1, i, i+1, the edge rows repeated (the forks' --smooth 3)."""
+    padded = np.concatenate([rows[:1], rows, rows[-1:]])
+    return ((padded[:-2] + padded[1:-1] + padded[2:]) / np.float32(3)).astype(np.float32)
+
+
+def pad_rows(rows: np.ndarray) -> np.ndarray:
+    """[f0, f0, f1, ..., f(n-1), f(n-1)]: M = n + 2 rows."""
+    return np.concatenate([rows[:1], rows, rows[-1:]])
+
+
+def speech_features(samples: np.ndarray, encoder: AudioEncoder, *, fps: float = 25.0, smooth: bool = False,
+                    batch: int = ENCODER_BATCH, times: FeatureTimes | None = None, progress=None,
+                    where: str = "speech") -> np.ndarray:
+    """(M, 512) float32 features of 16 kHz mono `samples` at `fps` video frames per second."""
+    times = times if times is not None else FeatureTimes()
+    frames = melspec.mel_frames(len(samples))
+    if frames < melspec.WINDOW_FRAMES:
+        need = (melspec.WINDOW_FRAMES - 1) * melspec.HOP
+        raise DatasetError(f"{where}: {len(samples) / melspec.SAMPLE_RATE:.3f} s of speech is shorter than one "
+                           f"mel window; at least {need / melspec.SAMPLE_RATE:.4f} s ({need} samples at 16 kHz) "
+                           f"is needed")
+    t0 = time.perf_counter()
+    mel = melspec.mel_spectrogram(samples)
+    times.mel += time.perf_counter() - t0
+    count = melspec.window_count(frames, fps)
+    if encoder.fixed_batch is not None:
+        batch = encoder.fixed_batch
+    rows = np.empty((count, FEATURE_DIM), np.float32)
+    for lo in range(0, count, batch):
+        t0 = time.perf_counter()
+        windows = melspec.mel_windows(mel, fps, lo, min(batch, count - lo))
+        times.mel += time.perf_counter() - t0
+        if encoder.fixed_batch is not None and len(windows) < batch:  # a static-batch export: fill the last batch
+            windows = np.concatenate([windows, np.repeat(windows[-1:], batch - len(windows), axis=0)])
+        t0 = time.perf_counter()
+        encoded = encoder.encode(windows)
+        times.encoder += time.perf_counter() - t0
+        rows[lo : lo + batch] = encoded[: count - lo]
+        if progress:
+            progress(min(lo + batch, count))
+    if smooth:
+        rows = smooth_rows(rows)
+    return pad_rows(rows)
+
+
+def encoder_providers(backend: str) -> list:
+    """ONNX Runtime providers for the encoder on `backend` (gpu: CUDA)."""
+    if backend == "gpu":
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]

@@ -1,0 +1,73 @@
+"""An avatar dataset from a plain video and its face rectangles.
+
+    full_body_video.mp4   the video, copied byte for byte (its pixels stay the reference)
+    crops_328_video.mp4   each frame's rectangle, cut from the decoded frame and resized
+                          with INTER_CUBIC to 328x328, as the original producer made them
+    crop_rectangles.json  the rectangles, {"<i>": {"rect": [x1, y1, x2, y2]}}
+
+Rectangles come from a face tracker (usually face landmarks, enlarged to a
+square around the lower face); gpucomp takes them as given and validates them
+as it validates datasets: one per frame, integer, non-empty, inside the frame.
+There are no audio features: the dataset is for speech renders, which bring
+their own (`render --speech`). The dataset is built in a hidden folder beside
+the output and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .contract import CROP_SIZE, place
+from .dataset import CROPS_VIDEO, FULL_VIDEO, RECT_FILES, load_rectangles
+from .errors import DatasetError, OutputError
+from .videoio import FrameReader, H264Writer, probe_video
+
+CROPS_CRF = 10  # the crops are the model's input: keep them close to lossless
+
+
+def producer_crop(frame: np.ndarray, rect) -> np.ndarray:
+    """The producer's crop: frame[y1:y2, x1:x2] resized with INTER_CUBIC to 328x328."""
+    x1, y1, x2, y2 = (int(v) for v in rect)
+    return cv2.resize(frame[y1:y2, x1:x2], (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_CUBIC)
+
+
+def prepare_dataset(video: Path, rects_path: Path, output: Path, progress=None) -> int:
+    """Write the dataset; returns its frame count."""
+    video, rects_path, output = Path(video), Path(rects_path), Path(output)
+    info = probe_video(video)
+    raw = load_rectangles(rects_path)
+    if not raw:
+        raise DatasetError(f"{rects_path}: no rectangles")
+    if info.frames != len(raw):
+        raise DatasetError(f"{video}: has {info.frames} frames but {rects_path.name} has {len(raw)} rectangles")
+    placements = [place(r, info.width, info.height, clip=False, where=f"{rects_path}: frame {i}")
+                  for i, r in enumerate(raw)]
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise OutputError(f"{output}: exists and is not an empty directory; choose a new one")
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        shutil.copyfile(video, tmp / FULL_VIDEO)
+        with FrameReader(info) as reader, \
+                H264Writer(tmp / CROPS_VIDEO, CROP_SIZE, CROP_SIZE, info.fps, crf=CROPS_CRF) as crops:
+            for i, p in enumerate(placements):
+                crops.write(producer_crop(reader.read(), (p.x1, p.y1, p.x2, p.y2)))
+                if progress:
+                    progress(i + 1)
+        rects = {str(i): {"rect": [p.x1, p.y1, p.x2, p.y2]} for i, p in enumerate(placements)}
+        (tmp / RECT_FILES[0]).write_text(json.dumps(rects, indent=1))
+        if output.exists():
+            output.rmdir()  # empty, checked above
+        tmp.rename(output)
+    except OSError as exc:
+        raise OutputError(f"{output}: cannot write the dataset ({exc.strerror or exc})") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return len(placements)
