@@ -61,7 +61,9 @@ def _load_npy(path: Path) -> np.ndarray:
     if samples.ndim not in (1, 2) or not np.issubdtype(samples.dtype, np.floating):
         raise DatasetError(f"{path}: speech must be float samples of shape (n,) or (n, channels), "
                            f"got {samples.shape} {samples.dtype}")
-    return np.ascontiguousarray(samples.reshape(len(samples), -1), dtype=np.float32)
+    if samples.ndim == 1:
+        samples = samples[:, None]
+    return np.ascontiguousarray(samples, dtype=np.float32)
 
 
 def _decode(path: Path) -> np.ndarray:
