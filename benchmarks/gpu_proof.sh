@@ -9,7 +9,8 @@
 #   correctness  pytest -m gpu; compute-sanitizer memcheck and racecheck on the
 #                kernel tests; render --backend gpu against gpu-sim and cpu with the
 #                echo model (plain, --feather 4, --clip-rects with rectangles across
-#                the frame edge, a streaming ring), bit for bit; the UNet on gpu
+#                the frame edge, a streaming ring, a ping-pong render from speech),
+#                bit for bit; the audio encoder on CUDA against the CPU; the UNet on gpu
 #                against cpu (TF32 off) within model numerics
 #   speed        python -m gpucomp.bench, default and --grid
 #   profile      ncu on the composite and input kernels: DRAM throughput % of peak,
@@ -53,6 +54,8 @@ if [ $dry_run = 1 ]; then
     frames=60
     width=0.25
     bench_size=(--frames 8 --repeat 1 --backends cpu,gpu-sim)
+    speech_size=(--speech-seconds 1 --features-seconds 2)
+    speech_seconds=2
     grid=2:1
     # The stub drops the tool and its options and runs the profiled command bare.
     profiler() { local tool=$1; shift; while [ $# -gt 0 ] && [ "$1" != "$py" ]; do shift; done
@@ -62,6 +65,8 @@ else
     frames=100
     width=1.0
     bench_size=(--frames 100 --repeat 3 --backends seed,cpu,gpu,gpu-sim)
+    speech_size=(--speech-seconds 8 --features-seconds 60)
+    speech_seconds=12
     grid=1/4/8/16:2/4/8/16
     profiler() { "$@"; }
 fi
@@ -94,8 +99,13 @@ prepare_data() {
     data=$work/data
     echo=$work/echo.onnx
     unet=$work/unet.onnx
+    encoder=$work/ave.onnx
+    speech=$work/speech.npy
     $py -m gpucomp synth --output "$data" --frames "$frames" --seed 0 >/dev/null &&
         $py -m gpucomp model --kind echo --output "$echo" >/dev/null &&
+        $py -m gpucomp model --kind ave --output "$encoder" >/dev/null &&
+        $py -c "import sys, numpy; from gpucomp.synth import synthetic_speech
+numpy.save(sys.argv[1], synthetic_speech(float(sys.argv[2])))" "$speech" "$speech_seconds" &&
         $py -m gpucomp model --width-mult "$width" --output "$unet" >/dev/null &&
         # Rectangles across every frame edge, for --clip-rects.
         cp -r "$data" "$work/clipped" && $py - "$work/clipped/crop_rectangles.json" <<'EOF'
@@ -158,6 +168,9 @@ correctness() {
     step exact_clipped exact clipped --batch 8 --clip-rects
     data=$data_saved
     step exact_streaming exact streaming --batch 4 --cache-budget 200M
+    # Speech: ping-pong over 40 avatar frames; the encoder runs on CUDA for gpu.
+    step exact_speech exact speech --batch 8 --frames 40 --speech "$speech" --audio-encoder "$encoder"
+    step features_gpu_vs_cpu features_vs_cpu
     step unet_gpu_vs_cpu unet_vs_cpu
 }
 
@@ -167,11 +180,20 @@ unet_vs_cpu() {  # model numerics differ between cuDNN and the CPU; TF32 off kee
         $py benchmarks/compare_frames.py "$work/unet-cpu" "$work/unet-gpu" --max-diff 3
 }
 
+features_vs_cpu() {  # the encoder on CUDA against the CPU: same rows, model numerics apart
+    $py -m gpucomp features --audio "$speech" --encoder "$encoder" --backend cpu --output "$work/f-cpu.npy" &&
+        $py -m gpucomp features --audio "$speech" --encoder "$encoder" --backend "${gpu/gpu-sim/cpu}" \
+            --output "$work/f-gpu.npy" &&
+        $py -c "import sys, numpy as np; a, b = np.load(sys.argv[1]), np.load(sys.argv[2])
+d = float(np.abs(a - b).max()); print('rows', a.shape, b.shape, 'max abs diff', d, 'scale', float(np.abs(a).max()))
+sys.exit(0 if a.shape == b.shape and d <= 1e-3 * float(np.abs(a).max()) else 1)" "$work/f-cpu.npy" "$work/f-gpu.npy"
+}
+
 speed() {
-    step bench_default $py -m gpucomp.bench --data "$data" --model "$unet" "${bench_size[@]}" --quiet \
-        --output "$results/bench-default"
+    step bench_default $py -m gpucomp.bench --data "$data" --model "$unet" "${bench_size[@]}" "${speech_size[@]}" \
+        --quiet --output "$results/bench-default"
     step bench_grid $py -m gpucomp.bench --data "$data" --model "$unet" "${bench_size[@]}" --quiet \
-        --no-isolation --no-exactness --grid "$grid" --output "$results/bench-grid"
+        --no-isolation --no-exactness --no-speech --grid "$grid" --output "$results/bench-grid"
 }
 
 profile() {

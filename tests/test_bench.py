@@ -23,7 +23,8 @@ SCHEMA = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.schema.json
 def bench_report(small_dataset, tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "results"
     code = bench_main(["--data", str(small_dataset), "--model", str(tiny_model), "--frames", "6", "--repeat", "2",
-                       "--backends", "seed,cpu,gpu,gpu-sim", "--grid", "2/3:1/2", "--output", str(out), "--quiet"])
+                       "--backends", "seed,cpu,gpu,gpu-sim", "--grid", "2/3:1/2", "--output", str(out), "--quiet",
+                       "--speech-seconds", "0.8", "--features-seconds", "2"])
     assert code == 0
     return out, json.loads((out / "bench.json").read_text())
 
@@ -41,6 +42,7 @@ def test_report_files(bench_report):
     assert cv2.imread(str(out / "fps_by_backend.png")) is not None
     md = (out / "summary.md").read_text()
     assert "## End to end" in md and "## Stage isolation" in md and "## Exactness" in md and "## Grid" in md
+    assert "## From speech" in md
 
 
 def test_every_backend_ran_on_the_same_frames_with_identical_output(bench_report):
@@ -88,3 +90,16 @@ def test_bad_bench_options_are_one_line_exit_2(capsys):
     assert bench_main(["--grid", "1/2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("error: ") for line in err)
+
+
+def test_speech_rows(bench_report):
+    _, report = bench_report
+    speech = report["speech"]
+    features = speech["features"]["backends"]["cpu"]
+    assert features["rows"] == 47 + 2  # 2 s of speech at 25 fps: n = int((161 - 16) / 80 * 25) + 2 = 47
+    assert features["speech_s_per_s"]["mel"] > 0 and features["speech_s_per_s"]["encoder"] > 0
+    runs = speech["renders"]["runs"]
+    assert set(runs) == {"cpu png", "gpu-sim png"}
+    for run in runs.values():
+        assert run["frames"] == 17 + 2  # 0.8 s: T = 65 mel frames, n = int(49 / 80 * 25) + 2 = 17
+        assert run["speech_over_features"] == run["speech_s"]["median"] / run["features_s"]["median"]

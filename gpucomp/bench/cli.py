@@ -17,10 +17,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..cli import _int_range, _Parser, guarded
+from ..cli import _float_range, _int_range, _Parser, guarded
 from ..dataset import Dataset
 from ..framecache import preload
-from . import isolation, machine, reports
+from . import isolation, machine, reports, speech
 from .runs import FrameReference, RunRecord, run_configuration, unavailable_reason
 
 KNOWN_BACKENDS = ("seed", "cpu", "gpu", "gpu-sim")
@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, help="results folder (default benchmarks/results/<date>-<host>-<device>)")
     p.add_argument("--no-isolation", action="store_true", help="skip the stage-isolation measurements")
     p.add_argument("--no-exactness", action="store_true", help="skip the echo-model exactness pass")
+    p.add_argument("--no-speech", action="store_true", help="skip the speech rows")
+    p.add_argument("--speech-seconds", type=_float_range(0.5, 3600), default=8.0,
+                   help="built-in speech rendered for the speech rows (default 8 s)")
+    p.add_argument("--features-seconds", type=_float_range(0.5, 36000), default=60.0,
+                   help="built-in speech for the features throughput (default 60 s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -96,6 +101,7 @@ def run(args) -> dict:
         _say(f"{b}: unavailable: {reason}")
     records: list[RunRecord] = []
     isolated: dict = {}
+    speech_section = None
     encode_only = None
     with tempfile.TemporaryDirectory(prefix="gpucomp-bench-") as tmp:
         work = Path(tmp)
@@ -127,6 +133,20 @@ def run(args) -> dict:
         if not args.no_exactness:
             _say("exactness pass with the echo model")
             compare_all(echo_model_path(), "echo", 1, "echo")
+        if not args.no_speech:
+            _say("speech: features throughput and renders from speech")
+            from ..demo import demo_audio_encoder
+
+            encoder = demo_audio_encoder(quiet=args.quiet)
+            speech_backends = [b for b in available if b != "seed"]
+            speech_section = {
+                "features": speech.features_throughput(encoder, ["gpu" if "gpu" in available else "cpu"] +
+                                                       (["cpu"] if "gpu" in available else []),
+                                                       seconds=args.features_seconds, repeats=args.repeat),
+                "renders": speech.speech_renders(data, model, encoder, speech_backends, seconds=args.speech_seconds,
+                                                 repeats=args.repeat, formats=[args.format], batch=args.batch,
+                                                 workers=args.workers, workdir=work),
+            }
         if args.grid:
             batches, workers = args.grid
             for b in [b for b in available if b != "seed"]:
@@ -167,6 +187,7 @@ def run(args) -> dict:
         "encode_only": encode_only,
         "ratios": ratios(summary, isolated, encode_only),
         "nvml": nvml,
+        "speech": speech_section,
     }
     report["plots"] = reports.plots(report, out, sampler)
     reports.write_json(report, out / "bench.json")

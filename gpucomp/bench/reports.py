@@ -111,6 +111,10 @@ def markdown(report: dict) -> str:
                 by_w = {r["workers"]: r["fps"]["median"] for r in cells if r["batch"] == batch}
                 lines.append(f"| {batch} | " + " | ".join(_fmt(by_w.get(w)) for w in workers) + " |")
             lines.append("")
+    if report.get("speech"):
+        from .speech import markdown as speech_markdown
+
+        lines += speech_markdown(report["speech"])
     nv = report["nvml"]
     lines += ["", "## NVML", ""]
     if not nv["available"]:
