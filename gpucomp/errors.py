@@ -52,3 +52,13 @@ def file_problem(path: Path) -> str | None:
     if not os.access(path, os.R_OK):
         return "permission denied"
     return None
+
+
+def require_nonempty_file(path: Path, missing: str = "file not found") -> None:
+    """A DatasetError naming `path` unless it is a readable, non-empty file;
+    `missing` is what a missing file is called ("speech file not found")."""
+    problem = file_problem(path)
+    if problem:
+        raise DatasetError(f"{path}: {missing if problem == 'file not found' else problem}")
+    if os.stat(path).st_size == 0:
+        raise DatasetError(f"{path}: file is empty")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DatasetError, file_problem
+from .errors import DatasetError, require_nonempty_file
 from .melspec import SAMPLE_RATE
 
 MAX_CHANNELS = 8     # 7.1 surround; more is not a speech file (features or a table passed by mistake)
@@ -23,11 +23,7 @@ _CHUNK = 1 << 16     # samples handed to the resampler at a time
 def load_speech(path: Path, rate: int | None = None) -> np.ndarray:
     """16 kHz mono float32 samples of `path`, finite and not empty."""
     path = Path(path)
-    problem = file_problem(path)
-    if problem:
-        raise DatasetError(f"{path}: {'speech file not found' if problem == 'file not found' else problem}")
-    if path.stat().st_size == 0:
-        raise DatasetError(f"{path}: file is empty")
+    require_nonempty_file(path, "speech file not found")
     if path.suffix.lower() == ".npy":
         channels, source_rate = _load_npy(path), rate or SAMPLE_RATE
         _check_samples(path, channels)

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from .atomic import AtomicTarget
-from .errors import DatasetError, file_problem
+from .errors import DatasetError, require_nonempty_file
 
 
 @dataclass(frozen=True)
@@ -32,11 +32,7 @@ class VideoInfo:
 def probe_video(path: Path) -> VideoInfo:
     """Frame count, size and rate of a video, or a DatasetError naming the file."""
     path = Path(path)
-    problem = file_problem(path)
-    if problem:
-        raise DatasetError(f"{path}: {problem}")
-    if path.stat().st_size == 0:
-        raise DatasetError(f"{path}: file is empty")
+    require_nonempty_file(path)
     cap = cv2.VideoCapture(str(path))
     try:
         if not cap.isOpened():
