@@ -167,6 +167,18 @@ def test_speech_render_agrees_across_backends_and_follows_the_schedule(small_dat
         assert np.array_equal(decoded(cpu, f"frame_{k:05d}.png"), decoded(plain, f"frame_{f:05d}.png")), k
 
 
+def test_a_one_frame_avatar_says_the_whole_speech(small_dataset, echo_model_file, features_file, tmp_path):
+    M = np.load(features_file).shape[0]
+    cpu = render_cli(small_dataset, echo_model_file, tmp_path / "cpu", "cpu", "--features", features_file,
+                     "--start", "5", "--frames", "1")
+    sim = render_cli(small_dataset, echo_model_file, tmp_path / "sim", "gpu-sim", "--features", features_file,
+                     "--start", "5", "--frames", "1", "--schedule", "loop")
+    frames = frames_of(cpu)
+    assert len(frames) == M and frames == frames_of(sim)
+    plain = render_cli(small_dataset, echo_model_file, tmp_path / "plain", "cpu", "--start", "5", "--frames", "1")
+    assert set(frames.values()) == {(plain / "frame_00005.png").read_bytes()}
+
+
 def test_the_model_sees_feature_window_k(small_dataset, tiny_model, features_file, tmp_path):
     """With the real model, output k of a speech render is the frame a dataset
     render gives for avatar frame f(k) when the dataset's own features put the
