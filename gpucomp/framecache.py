@@ -127,9 +127,7 @@ class FrameRing:
         return self._streaming
 
     def slot(self, position: int) -> int:
-        if self._streaming:
-            return position % self.slots
-        return self.schedule.avatar_frame(position) - self.schedule.avatar.start
+        return int(self.slots_of([position])[0])
 
     def slots_of(self, positions) -> np.ndarray:
         """Slot of each position (int64 array)."""

@@ -154,3 +154,13 @@ def audio_encoder(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ave") / "ave.onnx"
     onnx.save(build_audio_encoder(0), str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def long_features(tmp_path_factory) -> Path:
+    """600 rows of features: `render --features` of them is a 600-frame render
+    of any dataset, long enough that a signal sent after the first frames always
+    arrives before the end."""
+    path = tmp_path_factory.mktemp("long") / "features.npy"
+    np.save(path, np.full((600, 512), 0.5, np.float32))
+    return path
