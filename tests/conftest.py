@@ -164,3 +164,13 @@ def long_features(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("long") / "features.npy"
     np.save(path, np.full((600, 512), 0.5, np.float32))
     return path
+
+
+def default_sigint():
+    """Popen preexec_fn: SIGINT back to its default. A shell that starts a job in
+    the background (`cmd &`) makes it ignore SIGINT, children included, and
+    Python then never raises KeyboardInterrupt: a Ctrl-C test run that way
+    would otherwise render to the end."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -15,7 +15,7 @@ from gpucomp.backends import cuda_unavailable_reason
 from gpucomp.dataset import Dataset
 from gpucomp.model import ModelSession
 
-from .conftest import run_cli
+from .conftest import default_sigint, run_cli
 from .test_contract import plain_composite, plain_audio
 
 
@@ -135,7 +135,8 @@ def test_interrupt_stops_cleanly(small_dataset, tiny_model, long_features, tmp_p
     proc = subprocess.Popen([sys.executable, "-m", "gpucomp", "render", "--data", str(small_dataset), "--model",
                              str(tiny_model), "--output", str(out), "--backend", backend, "--batch", "1",
                              "--workers", "1", "--quiet", "--features", str(long_features)],
-                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=default_sigint)
     deadline = time.time() + 120
     while time.time() < deadline and not (out.is_dir() and any(out.glob("frame_*.png"))):
         time.sleep(0.01)

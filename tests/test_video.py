@@ -16,7 +16,7 @@ from gpucomp.errors import OutputError
 from gpucomp.video_out import choose_encoder
 from gpucomp.videoio import nvenc_unavailable_reason
 
-from .conftest import decode_video, run_cli
+from .conftest import decode_video, default_sigint, run_cli
 
 
 def _render(data, model, output, *extra):
@@ -167,7 +167,8 @@ def test_interrupted_mp4_leaves_no_file(small_dataset, tiny_model, long_features
     proc = subprocess.Popen([sys.executable, "-m", "gpucomp", "render", "--data", str(small_dataset), "--model",
                              str(tiny_model), "--output", str(path), "--format", "mp4", "--backend", "cpu",
                              "--batch", "1", "--workers", "1", "--features", str(long_features)],
-                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=default_sigint)
     for line in proc.stderr:  # the stage line after 20 frames: the file is half written
         if "[    20]" in line:
             break
