@@ -280,20 +280,21 @@ def _features_from_speech(path: Path, encoder_path: Path, backend: str, *, fps: 
                           rate: int | None, show: bool, batch: int = 64):
     """(M, 512) features of a speech file, and the FeatureTimes; progress on stderr."""
     from .features import AudioEncoder, FeatureTimes, encoder_providers, speech_features
+    from .melspec import SAMPLE_RATE, mel_frames, window_count
     from .speech import load_speech
     from .telemetry import decode_progress
 
     samples = load_speech(path, rate)
     encoder = AudioEncoder(encoder_path, encoder_providers(backend))
     times = FeatureTimes()
-    windows = max(1, int(len(samples) / 16000 * fps))
+    windows = max(1, window_count(mel_frames(len(samples)), fps))
     report, close = decode_progress(windows, "features", show)
     try:
         features = speech_features(samples, encoder, fps=fps, smooth=smooth, batch=batch, times=times,
                                    progress=report, where=str(path))
     finally:
         close()
-    return features, times, len(samples) / 16000, encoder.provider
+    return features, times, len(samples) / SAMPLE_RATE, encoder.provider
 
 
 def _speech_source(args, dataset, backend: str, show: bool):
@@ -320,6 +321,8 @@ def _speech_source(args, dataset, backend: str, show: bool):
 
 
 def _cmd_features(args) -> int:
+    import io
+
     import numpy as np
 
     from .atomic import refuse_output_over_inputs, write_atomic
@@ -332,8 +335,6 @@ def _cmd_features(args) -> int:
     features, times, seconds, provider = _features_from_speech(
         args.audio, args.encoder, name, fps=args.fps, smooth=bool(args.smooth), rate=args.audio_rate,
         show=not args.quiet, batch=args.batch)
-    import io
-
     buffer = io.BytesIO()
     np.save(buffer, features)
     try:
