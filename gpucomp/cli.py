@@ -220,10 +220,8 @@ def _cmd_prepare(args) -> int:
     from .telemetry import decode_progress
     from .videoio import probe_video
 
+    # An output folder holding an input is not empty, which prepare refuses.
     refuse_output_over_inputs(args.output, None, [args.video, args.rects])
-    for path in (args.video, args.rects):
-        if args.output.resolve() in Path(path).resolve().parents:
-            raise GpucompError(f"{args.output}: holds the input {path}; write the dataset elsewhere")
     report, close = decode_progress(probe_video(args.video).frames, "prepare", not args.quiet)
     try:
         frames = prepare_dataset(args.video, args.rects, args.output, report)
@@ -281,7 +279,7 @@ def _features_from_speech(path: Path, encoder_path: Path, backend: str, *, fps: 
     """(M, 512) features of a speech file, and the FeatureTimes; progress on stderr."""
     from .features import AudioEncoder, FeatureTimes, encoder_providers, speech_features
     from .melspec import SAMPLE_RATE, mel_frames, window_count
-    from .speech import load_speech
+    from .audio import load_speech
     from .telemetry import decode_progress
 
     samples = load_speech(path, rate)
@@ -302,8 +300,6 @@ def _speech_source(args, dataset, backend: str, show: bool):
     voice track for mp4 (--audio, else the speech)."""
     from .dataset import load_features
 
-    if args.audio_encoder is not None and args.speech is None:
-        raise GpucompError("--audio-encoder computes features from --speech; give --speech too")
     if args.features is not None:
         features, path = load_features(args.features), args.features
     elif args.audio_encoder is None:
@@ -370,6 +366,8 @@ def _cmd_render(args) -> int:
         if show:
             print(f"note: {text}", file=sys.stderr)
 
+    if args.audio_encoder is not None and args.speech is None:
+        raise GpucompError("--audio-encoder computes features from --speech; give --speech too")
     speech = args.speech is not None or args.features is not None
     dataset = Dataset.open(args.data, clip_rects=args.clip_rects, features=not speech)
     avatar = dataset.select(args.start, args.frames)
@@ -387,8 +385,6 @@ def _cmd_render(args) -> int:
         dataset, track = _speech_source(args, dataset, name, show)
         schedule = Schedule.speech(len(dataset.features), avatar, args.schedule)
     else:
-        if args.audio_encoder is not None:
-            raise GpucompError("--audio-encoder computes features from --speech; give --speech too")
         track, schedule = args.audio or dataset.audio_path, Schedule.straight(avatar)
     if args.no_audio:
         track = None

@@ -100,13 +100,14 @@ def speech_features(samples: np.ndarray, encoder: AudioEncoder, *, fps: float = 
     t0 = time.perf_counter()
     mel = melspec.mel_spectrogram(samples)
     times.mel += time.perf_counter() - t0
-    count = melspec.window_count(frames, fps)
+    starts = melspec.window_starts(frames, fps)
+    count = len(starts)
     if encoder.fixed_batch is not None:
         batch = encoder.fixed_batch
     rows = np.empty((count, FEATURE_DIM), np.float32)
     for lo in range(0, count, batch):
         t0 = time.perf_counter()
-        windows = melspec.mel_windows(mel, fps, lo, min(batch, count - lo))
+        windows = melspec.mel_windows(mel, starts[lo : lo + batch])
         times.mel += time.perf_counter() - t0
         if encoder.fixed_batch is not None and len(windows) < batch:  # a static-batch export: fill the last batch
             windows = np.concatenate([windows, np.repeat(windows[-1:], batch - len(windows), axis=0)])

@@ -116,8 +116,8 @@ def window_starts(frames: int, fps: float) -> np.ndarray:
     return np.minimum(starts, frames - WINDOW_FRAMES)
 
 
-def mel_windows(mel: np.ndarray, fps: float, first: int = 0, count: int | None = None) -> np.ndarray:
-    """Encoder input [count, 1, 80, 16] float32 for windows first .. first+count-1."""
-    starts = window_starts(len(mel), fps)[first : None if count is None else first + count]
+def mel_windows(mel: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Encoder input [B, 1, 80, 16] float32 for the windows starting at `starts`
+    (a slice of window_starts)."""
     windows = np.lib.stride_tricks.sliding_window_view(mel, WINDOW_FRAMES, axis=0)[starts]  # [B, 80, 16]
     return windows[:, None].astype(np.float32)

@@ -44,11 +44,6 @@ class Schedule:
     def __len__(self) -> int:
         return len(self.outputs)
 
-    @property
-    def repeats(self) -> bool:
-        """Whether some avatar frame is used by more than one output frame."""
-        return len(self.outputs) > len(self.avatar)
-
     def avatar_frames(self, positions) -> np.ndarray:
         """Dataset frame of each position in `positions` (int64 array)."""
         k = np.asarray(positions, dtype=np.int64)

@@ -18,7 +18,7 @@ from gpucomp.dataset import Dataset
 from gpucomp.features import AudioEncoder, pad_rows, smooth_rows, speech_features
 from gpucomp.pipeline import render
 from gpucomp.schedule import Schedule
-from gpucomp.speech import load_speech
+from gpucomp.audio import load_speech
 from gpucomp.synth import synthetic_speech, write_dataset
 from gpucomp.telemetry import StageStats
 
@@ -70,7 +70,7 @@ def decoded(directory: Path, name: str) -> np.ndarray:
 def test_pingpong_turns_without_repeating_the_turning_frames():
     s = Schedule.speech(14, range(5, 9))
     assert s.avatar_frames(range(14)).tolist() == [5, 6, 7, 8, 7, 6, 5, 6, 7, 8, 7, 6, 5, 6]
-    assert s.repeats and len(s) == 14 and s.outputs == range(14)
+    assert len(s) == 14 and s.outputs == range(14) and s.avatar == range(5, 9)
 
 
 def test_loop_and_short_ranges():
@@ -81,7 +81,7 @@ def test_loop_and_short_ranges():
 
 def test_speech_shorter_than_the_avatar_plays_it_forward():
     s = Schedule.speech(4, range(10, 30))
-    assert s.avatar == range(10, 14) and not s.repeats  # only the frames reached are cached
+    assert s.avatar == range(10, 14)  # only the frames reached are cached
     assert s.avatar_frames(range(4)).tolist() == [10, 11, 12, 13]
 
 
@@ -366,7 +366,7 @@ BAD_SPEECH = {
     "empty file": "file is empty",
     "no samples": "has no audio samples",
     "NaN samples": "sample 4000 is NaN or infinite",
-    "many channels": "has 512 channels; speech may have at most 8",
+    "many channels": "has 512 channels; audio may have at most 8",
     "too short": "shorter than one mel window",
     "integers": "speech must be float samples",
     "missing": "speech file not found",

@@ -121,8 +121,15 @@ def test_raw_file_holds_the_exact_frames(small_dataset, tiny_model, png_frames, 
     (["--format", "mp4", "--output", "-"], "mp4 cannot be streamed to stdout"),
     (["--format", "png", "--output", "-"], "stdout takes y4m or raw"),
     (["--format", "mp4", "--audio", "/nonexistent.wav"], "audio file not found"),
+    # The track goes through the speech reader's checks.
+    (["--format", "mp4", "--audio", "WIDE"], "has 512 channels; audio may have at most 8"),
+    (["--format", "mp4", "--audio", "NAN"], "sample 7 is NaN or infinite"),
 ])
 def test_bad_video_options(small_dataset, tiny_model, tmp_path, capsys, args, message):
+    wide, nan = tmp_path / "wide.npy", tmp_path / "nan.npy"
+    np.save(wide, np.zeros((16000, 512), np.float32))
+    np.save(nan, np.where(np.arange(16000) == 7, np.nan, 0.1).astype(np.float32))
+    args = [{"WIDE": str(wide), "NAN": str(nan)}.get(a, a) for a in args]
     argv = ["render", "--data", str(small_dataset), "--model", str(tiny_model), "--backend", "cpu", "--quiet"]
     if "--output" not in args:
         argv += ["--output", str(tmp_path / "x.mp4")]

@@ -140,8 +140,7 @@ def run(args) -> dict:
             encoder = demo_audio_encoder(quiet=args.quiet)
             speech_backends = [b for b in available if b != "seed"]
             speech_section = {
-                "features": speech.features_throughput(encoder, ["gpu" if "gpu" in available else "cpu"] +
-                                                       (["cpu"] if "gpu" in available else []),
+                "features": speech.features_throughput(encoder, ["gpu", "cpu"] if "gpu" in available else ["cpu"],
                                                        seconds=args.features_seconds, repeats=args.repeat),
                 "renders": speech.speech_renders(data, model, encoder, speech_backends, seconds=args.speech_seconds,
                                                  repeats=args.repeat, formats=[args.format], batch=args.batch,
