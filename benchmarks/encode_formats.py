@@ -24,12 +24,12 @@ import numpy as np
 
 from gpucomp.bench.machine import cpu_model, versions
 from gpucomp.bench.reports import write_result
-from gpucomp.dataset import Dataset
-from gpucomp.framecache import preload
-from gpucomp.demo import demo_dataset
-from gpucomp.encode import ImageSequenceSink
-from gpucomp.telemetry import StageStats
-from gpucomp.video_out import Mp4Sink, StreamSink
+from gpucomp.io.dataset import Dataset
+from gpucomp.engine.framecache import preload
+from gpucomp.cli.demo import demo_dataset
+from gpucomp.io.encode import ImageSequenceSink
+from gpucomp.core.telemetry import StageStats
+from gpucomp.io.video_out import Mp4Sink, StreamSink
 
 
 def _feed(sink, frames) -> float:

@@ -104,7 +104,7 @@ prepare_data() {
     $py -m gpucomp synth --output "$data" --frames "$frames" --seed 0 >/dev/null &&
         $py -m gpucomp model --kind echo --output "$echo" >/dev/null &&
         $py -m gpucomp model --kind ave --output "$encoder" >/dev/null &&
-        $py -c "import sys, numpy; from gpucomp.synth import synthetic_speech
+        $py -c "import sys, numpy; from gpucomp.io.synth import synthetic_speech
 numpy.save(sys.argv[1], synthetic_speech(float(sys.argv[2])))" "$speech" "$speech_seconds" &&
         $py -m gpucomp model --width-mult "$width" --output "$unet" >/dev/null &&
         # Rectangles across every frame edge, for --clip-rects.
@@ -134,7 +134,7 @@ try:
     print("device 0", props["name"].decode(), "sm", props["major"], props["minor"])
 except Exception as exc:
     print("cupy: no device:", str(exc).splitlines()[0])
-from gpucomp.kernel_build import nvrtc_unavailable_reason
+from gpucomp.engine.kernel_build import nvrtc_unavailable_reason
 reason = nvrtc_unavailable_reason()
 if reason is None:
     from cupy_backends.cuda.libs import nvrtc
@@ -150,7 +150,7 @@ for name in ("nvidia-cudnn-cu13", "nvidia-cuda-nvrtc", "nvidia-cublas", "opencv-
         print(name, version(name))
     except PackageNotFoundError:
         print(name, "not installed")
-from gpucomp.backends import cuda_unavailable_reason, kernels_unavailable_reason
+from gpucomp.engine.backends import cuda_unavailable_reason, kernels_unavailable_reason
 print("kernels:", kernels_unavailable_reason() or "usable")
 print("engine:", cuda_unavailable_reason() or "usable")
 EOF

@@ -30,12 +30,12 @@ from pathlib import Path
 
 from gpucomp.bench.reports import write_result
 from gpucomp.cli import _size
-from gpucomp.backends.base import Backend
-from gpucomp.demo import SYNTH_VERSION, cache_dir, demo_model
-from gpucomp.encode import encoder_bytes
-from gpucomp.framecache import in_flight_bytes, ring_slots
-from gpucomp.resources import format_bytes
-from gpucomp.synth import write_dataset
+from gpucomp.engine.backends.base import Backend
+from gpucomp.cli.demo import SYNTH_VERSION, cache_dir, demo_model
+from gpucomp.io.encode import encoder_bytes
+from gpucomp.engine.framecache import in_flight_bytes, ring_slots
+from gpucomp.core.resources import format_bytes
+from gpucomp.io.synth import write_dataset
 
 
 def dataset(frames: int, width: int, height: int) -> Path:

@@ -83,9 +83,9 @@ def _fpng_py():
 
 def candidates():
     """(name, encoder) pairs; a library that is not installed is skipped."""
-    from gpucomp.png import encode_png
+    from gpucomp.io.png import encode_png
 
-    found = [("gpucomp.png (ISA-L level 1, Up filter)", encode_png)]
+    found = [("gpucomp.io.png (ISA-L level 1, Up filter)", encode_png)]
     for level in (0, 1, 3, 6, 9):
         found.append((f"opencv level {level}", _opencv(level)))
     found.append(("opencv level 1 RLE", _opencv(1, cv2.IMWRITE_PNG_STRATEGY_RLE)))
@@ -109,9 +109,9 @@ def candidates():
 
 
 def load_frames(count: int) -> list[np.ndarray]:
-    from gpucomp.dataset import Dataset
-    from gpucomp.demo import demo_dataset
-    from gpucomp.framecache import preload
+    from gpucomp.io.dataset import Dataset
+    from gpucomp.cli.demo import demo_dataset
+    from gpucomp.engine.framecache import preload
 
     ds = Dataset.open(demo_dataset(100))
     frames = list(preload(ds, ds.select(0, count)).full)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from gpucomp.bench import machine
 from gpucomp.bench.speech import features_throughput, markdown, speech_renders
-from gpucomp.demo import demo_audio_encoder, demo_dataset, demo_model
+from gpucomp.cli.demo import demo_audio_encoder, demo_dataset, demo_model
 
 
 def main() -> int:

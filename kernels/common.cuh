@@ -22,7 +22,7 @@
 typedef unsigned char gc_u8;
 typedef long long gc_i64;
 
-/* Geometry of PIPELINE.md (mirrors gpucomp/contract.py). */
+/* Geometry of PIPELINE.md (mirrors gpucomp/core/contract.py). */
 #define GC_CROP 328
 #define GC_ROI 320
 #define GC_ROI_OFFSET 4
@@ -35,7 +35,7 @@ typedef long long gc_i64;
 #define GC_AUDIO_LEAD 8
 #define GC_ALPHA_ONE 256
 
-/* Where one frame's face goes (gpucomp.contract.Placement), plus the offsets
+/* Where one frame's face goes (gpucomp.core.contract.Placement), plus the offsets
  * of its bilinear tables in the shared tap buffer and the cache slot holding
  * its frames. 12 ints, one per render position. */
 typedef struct {
@@ -47,7 +47,7 @@ typedef struct {
 } gc_frame;
 
 /* One destination index of a cv2-exact bilinear table
- * (gpucomp.contract.axis_table): two source indices and their weights /2048. */
+ * (gpucomp.core.contract.axis_table): two source indices and their weights /2048. */
 typedef struct {
     int s0, s1, c0, c1;
 } gc_tap;

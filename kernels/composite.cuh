@@ -51,7 +51,7 @@ GC_HD int gc_bilinear(const float *pred, const gc_u8 *crop, gc_tap xt, gc_tap yt
 }
 
 /* Feather weight /256 of face pixel (dx, dy): a ramp over `feather` pixels
- * inside the rectangle edge (gpucomp.contract.feather_alpha). */
+ * inside the rectangle edge (gpucomp.core.contract.feather_alpha). */
 GC_HD int gc_feather_alpha(const gc_frame *f, int dx, int dy, int feather)
 {
     int w = f->x2 - f->x1, h = f->y2 - f->y1;

@@ -24,7 +24,7 @@ def _private_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def small_dataset(tmp_path_factory) -> Path:
-    from gpucomp.synth import write_dataset
+    from gpucomp.io.synth import write_dataset
 
     return write_dataset(tmp_path_factory.mktemp("data") / "small", frames=24, seed=3)
 
@@ -67,7 +67,7 @@ def random_prediction(rng: np.random.Generator, batch: int | None = None) -> np.
 def _cuda_param():
     # Kernel-level cases need CuPy, a device and NVRTC, not ONNX Runtime's CUDA
     # provider: a machine with the CPU build of onnxruntime still runs them.
-    from gpucomp.backends import kernels_unavailable_reason
+    from gpucomp.engine.backends import kernels_unavailable_reason
 
     reason = kernels_unavailable_reason()
     marks = [pytest.mark.gpu]
@@ -79,7 +79,7 @@ def _cuda_param():
 @pytest.fixture(params=["sim", _cuda_param()])
 def device(request):
     """The GPU engine's device: its host simulation everywhere, CUDA where present."""
-    from gpucomp.backends.devices import CudaDevice, SimDevice
+    from gpucomp.engine.backends.devices import CudaDevice, SimDevice
 
     return SimDevice() if request.param == "sim" else CudaDevice()
 
@@ -87,7 +87,7 @@ def device(request):
 @pytest.fixture(scope="session")
 def long_dataset(tmp_path_factory) -> Path:
     """64 frames: long enough for a ring smaller than the video."""
-    from gpucomp.synth import write_dataset
+    from gpucomp.io.synth import write_dataset
 
     return write_dataset(tmp_path_factory.mktemp("data") / "long", frames=64, seed=5)
 
@@ -106,7 +106,7 @@ def fill_disk_after(monkeypatch, frames: int):
     """Make frame writes fail with ENOSPC after `frames` succeed (a full disk)."""
     import errno
 
-    import gpucomp.encode as encode
+    import gpucomp.io.encode as encode
 
     real, calls = encode.write_atomic, {"n": 0}
 

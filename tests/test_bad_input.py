@@ -79,10 +79,10 @@ def _npz_features(d):
 def _unreadable(name):
     """As if `name` had mode 000 (tests run as root, which reads it anyway)."""
     def setup(case):
-        import gpucomp.errors
+        import gpucomp.core.errors
 
         real = os.access
-        case["monkeypatch"].setattr(gpucomp.errors.os, "access",
+        case["monkeypatch"].setattr(gpucomp.core.errors.os, "access",
                                     lambda p, mode: False if str(p).endswith(name) else real(p, mode))
     return setup
 

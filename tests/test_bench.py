@@ -8,11 +8,11 @@ import jsonschema
 import numpy as np
 import pytest
 
-from gpucomp.backends import cuda_unavailable_reason
-from gpucomp.backends.seed import SeedRenderer
+from gpucomp.engine.backends import cuda_unavailable_reason
+from gpucomp.engine.backends.seed import SeedRenderer
 from gpucomp.bench.cli import main as bench_main
-from gpucomp.dataset import Dataset
-from gpucomp.telemetry import StageStats, nvml_unavailable_reason
+from gpucomp.io.dataset import Dataset
+from gpucomp.core.telemetry import StageStats, nvml_unavailable_reason
 
 from .test_render import expected_frames
 

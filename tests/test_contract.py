@@ -4,9 +4,9 @@ import cv2
 import numpy as np
 import pytest
 
-from gpucomp import contract
-from gpucomp.backends.cpu import composite_frame
-from gpucomp.errors import DatasetError
+from gpucomp.core import contract
+from gpucomp.engine.backends.cpu import composite_frame
+from gpucomp.core.errors import DatasetError
 
 from .conftest import random_prediction
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from gpucomp import cli
-from gpucomp.dataset import Dataset, load_rectangles
-from gpucomp.framecache import preload
-from gpucomp.errors import DatasetError, ResourceError
-from gpucomp.videoio import H264Writer
+from gpucomp.io.dataset import Dataset, load_rectangles
+from gpucomp.engine.framecache import preload
+from gpucomp.core.errors import DatasetError, ResourceError
+from gpucomp.io.videoio import H264Writer
 
 from .conftest import run_cli
 
@@ -111,7 +111,7 @@ def test_preload_decodes_exactly_what_opencv_reads(small_dataset):
 
 
 def test_preload_refuses_when_memory_is_short(small_dataset, monkeypatch):
-    import gpucomp.framecache as framecache
+    import gpucomp.engine.framecache as framecache
 
     monkeypatch.setattr(framecache, "available_memory", lambda: 10 * 2**20)
     ds = Dataset.open(small_dataset)

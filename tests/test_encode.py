@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from gpucomp.encode import ImageSequenceSink, encode_png, write_atomic
-from gpucomp.errors import OutputError
-from gpucomp.telemetry import StageStats
+from gpucomp.io.encode import ImageSequenceSink, encode_png, write_atomic
+from gpucomp.core.errors import OutputError
+from gpucomp.core.telemetry import StageStats
 
 from .conftest import fill_disk_after
 
@@ -30,9 +30,9 @@ def test_write_atomic_leaves_nothing_on_failure(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    import gpucomp.atomic
+    import gpucomp.io.atomic
 
-    monkeypatch.setattr(gpucomp.atomic.os, "replace", broken_replace)
+    monkeypatch.setattr(gpucomp.io.atomic.os, "replace", broken_replace)
     with pytest.raises(OSError):
         write_atomic(target, b"data")
     assert list(tmp_path.iterdir()) == []
@@ -68,7 +68,7 @@ def test_full_disk_is_reported_with_what_was_written(tmp_path, monkeypatch):
 
 
 def test_atomic_target_renames_regular_files_and_writes_devices_in_place(tmp_path):
-    from gpucomp.atomic import AtomicTarget
+    from gpucomp.io.atomic import AtomicTarget
 
     regular = AtomicTarget(tmp_path / "out.mp4")
     assert regular.path != regular.final and regular.path.name.startswith(".out.mp4.")

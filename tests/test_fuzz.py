@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from gpucomp.contract import place
-from gpucomp.dataset import load_features, load_rectangles
-from gpucomp.errors import GpucompError
+from gpucomp.core.contract import place
+from gpucomp.io.dataset import load_features, load_rectangles
+from gpucomp.core.errors import GpucompError
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from gpucomp import cli
-from gpucomp.backends import cuda_unavailable_reason
+from gpucomp.engine.backends import cuda_unavailable_reason
 from gpucomp.model import build_echo_model
 
 gpu = pytest.mark.gpu
@@ -64,7 +64,7 @@ def test_gpu_sim_equals_cpu_with_clipped_rectangles(small_dataset, echo_model, t
 
 
 def test_cache_that_does_not_fit_is_refused(small_dataset, tiny_model, tmp_path, monkeypatch, capsys):
-    from gpucomp.backends.devices import SimDevice
+    from gpucomp.engine.backends.devices import SimDevice
 
     monkeypatch.setattr(SimDevice, "free_memory", lambda self: 50 * 2**20)
     code = cli.main(["render", "--data", str(small_dataset), "--model", str(tiny_model), "--output",

@@ -12,11 +12,11 @@ import types
 import numpy as np
 import pytest
 
-from gpucomp import kernel_build
-from gpucomp.backends import RenderSettings, create
-from gpucomp.errors import BackendUnavailable, ModelError
-from gpucomp.dataset import Dataset
-from gpucomp.telemetry import NVML_FIELDS, NvmlSampler, StageStats
+from gpucomp.engine import kernel_build
+from gpucomp.engine.backends import RenderSettings, create
+from gpucomp.core.errors import BackendUnavailable, ModelError
+from gpucomp.io.dataset import Dataset
+from gpucomp.core.telemetry import NVML_FIELDS, NvmlSampler, StageStats
 
 ARCHS = ("80", "90", "100")
 
@@ -87,7 +87,7 @@ def fake_cuda_device(monkeypatch):
     import cupy
     import onnxruntime
 
-    from gpucomp import backends
+    from gpucomp.engine import backends
 
     monkeypatch.setattr(cupy.cuda.runtime, "getDeviceCount", lambda: 1)
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider",
@@ -100,7 +100,7 @@ def fake_cuda_device(monkeypatch):
 
 
 def test_no_nvrtc_means_cpu_with_the_reason(fake_cuda_device, monkeypatch):
-    from gpucomp import backends
+    from gpucomp.engine import backends
 
     monkeypatch.setattr(kernel_build, "nvrtc_unavailable_reason",
                         lambda: "NVRTC (the CUDA runtime compiler) cannot be loaded: libnvrtc.so.13 not found")
@@ -114,7 +114,7 @@ def test_no_nvrtc_means_cpu_with_the_reason(fake_cuda_device, monkeypatch):
 
 
 def test_nvrtc_present_passes_the_check(fake_cuda_device):
-    from gpucomp import backends
+    from gpucomp.engine import backends
 
     assert kernel_build.nvrtc_unavailable_reason() is None
     assert backends.kernels_unavailable_reason() is None
@@ -157,7 +157,7 @@ def test_warm_up_and_capture_finish_before_decode_ahead_starts(long_dataset, tin
 def test_cache_is_sized_from_memory_free_after_the_warm_up(long_dataset, tiny_model, monkeypatch):
     """ONNX Runtime takes its activations and workspaces during the warm-up:
     memory measured before it would overfill the device."""
-    from gpucomp.backends.devices import SimDevice
+    from gpucomp.engine.backends.devices import SimDevice
     from gpucomp.model.session import ModelSession
 
     dataset = Dataset.open(long_dataset)
@@ -188,8 +188,8 @@ def test_inference_alone_works_on_a_streaming_ring(long_dataset, tiny_model):
 
 
 def test_waiting_for_decode_is_not_counted_as_inference(small_dataset, monkeypatch):
-    from gpucomp.demo import echo_model_path
-    from gpucomp.framecache import FrameRing
+    from gpucomp.cli.demo import echo_model_path
+    from gpucomp.engine.framecache import FrameRing
 
     real = FrameRing.acquire
 
@@ -210,7 +210,7 @@ def test_waiting_for_decode_is_not_counted_as_inference(small_dataset, monkeypat
 
 
 def test_close_waits_for_queued_work_before_freeing(small_dataset, tiny_model, monkeypatch):
-    from gpucomp.backends.devices import SimDevice
+    from gpucomp.engine.backends.devices import SimDevice
 
     engine, _ = _engine(small_dataset, tiny_model, batch=4)
     engine.prepare(range(8))
@@ -273,7 +273,7 @@ def test_a_provider_that_fails_is_not_blamed_on_the_model(tiny_model, tmp_path, 
 
 
 def _cuda_device_with(fake_cupy):
-    from gpucomp.backends.devices import CudaDevice
+    from gpucomp.engine.backends.devices import CudaDevice
 
     dev = CudaDevice.__new__(CudaDevice)
     dev.cp, dev.device_id = fake_cupy, 0
@@ -368,7 +368,7 @@ class _FakeNvml:
 
 
 def test_nvml_keeps_sampling_when_a_counter_is_missing(monkeypatch):
-    import gpucomp.telemetry as telemetry
+    import gpucomp.core.telemetry as telemetry
 
     monkeypatch.setattr(telemetry, "cuda_pci_bus_id", lambda device: "00000000:3B:00.0")
     nvml = _FakeNvml()
@@ -383,7 +383,7 @@ def test_nvml_keeps_sampling_when_a_counter_is_missing(monkeypatch):
 
 
 def test_nvml_falls_back_to_index_zero_without_a_bus_id(monkeypatch):
-    import gpucomp.telemetry as telemetry
+    import gpucomp.core.telemetry as telemetry
 
     monkeypatch.setattr(telemetry, "cuda_pci_bus_id", lambda device: None)
     assert NvmlSampler(nvml=_FakeNvml()).handle == "gpu0"

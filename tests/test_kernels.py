@@ -7,10 +7,10 @@ import subprocess
 import numpy as np
 import pytest
 
-from gpucomp import contract
-from gpucomp.backends.cpu import composite_frame
-from gpucomp.kernel_build import HOST_CFLAGS, source_dir
-from gpucomp.kernel_layout import pack_frames
+from gpucomp.core import contract
+from gpucomp.engine.backends.cpu import composite_frame
+from gpucomp.engine.kernel_build import HOST_CFLAGS, source_dir
+from gpucomp.engine.kernel_layout import pack_frames
 
 from .conftest import random_prediction
 from .test_contract import plain_composite

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpucomp import melspec
-from gpucomp.synth import synthetic_speech
+from gpucomp.speech import melspec
+from gpucomp.io.synth import synthetic_speech
 
 librosa = pytest.importorskip("librosa", reason="librosa (a test dependency) is the reference front end")
 signal = pytest.importorskip("scipy.signal")

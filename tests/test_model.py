@@ -5,11 +5,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, shape_inference
 
-from gpucomp.backends.base import batch_sizes
-from gpucomp.contract import audio_input, visual_input
-from gpucomp.dataset import Dataset
-from gpucomp.framecache import preload
-from gpucomp.errors import ModelError
+from gpucomp.engine.backends.base import batch_sizes
+from gpucomp.core.contract import audio_input, visual_input
+from gpucomp.io.dataset import Dataset
+from gpucomp.engine.framecache import preload
+from gpucomp.core.errors import ModelError
 from gpucomp.model import ModelSession, build_unet328, parameter_count
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from gpucomp import cli
-from gpucomp.backends import cuda_unavailable_reason
-from gpucomp.dataset import Dataset
+from gpucomp.engine.backends import cuda_unavailable_reason
+from gpucomp.io.dataset import Dataset
 from gpucomp.model import ModelSession
 
 from .conftest import default_sigint, run_cli

@@ -13,9 +13,9 @@ import onnx
 import pytest
 
 from gpucomp import cli
-from gpucomp.dataset import Dataset
+from gpucomp.io.dataset import Dataset
 from gpucomp.model import build_unet328
-from gpucomp.resume import LOG_NAME, RECORD_NAME
+from gpucomp.io.resume import LOG_NAME, RECORD_NAME
 
 from .conftest import decode_video
 
@@ -139,7 +139,7 @@ def test_a_killed_video_writers_temporary_is_cleaned(small_dataset, tiny_model, 
 
 
 def test_running_out_of_memory_is_one_line(small_dataset, tiny_model, tmp_path, monkeypatch, capsys):
-    from gpucomp.framecache import HostMemory
+    from gpucomp.engine.framecache import HostMemory
 
     def no_memory(self, shape, dtype):
         raise MemoryError(f"Unable to allocate an array of shape {shape}")  # what NumPy's ArrayMemoryError is
@@ -151,12 +151,12 @@ def test_running_out_of_memory_is_one_line(small_dataset, tiny_model, tmp_path, 
 
 
 def test_an_unexpected_memory_error_is_one_line(small_dataset, tiny_model, tmp_path, monkeypatch, capsys):
-    import gpucomp.pipeline
+    import gpucomp.engine.pipeline
 
     def exhausted(*args, **kwargs):
         raise MemoryError("Unable to allocate 2.6 GiB")
 
-    monkeypatch.setattr(gpucomp.pipeline, "render", exhausted)
+    monkeypatch.setattr(gpucomp.engine.pipeline, "render", exhausted)
     assert render(small_dataset, tiny_model, tmp_path / "o") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: out of memory (Unable to allocate 2.6 GiB)")

@@ -34,9 +34,9 @@ def assert_same(a, b):
 
 @pytest.mark.parametrize("backend", ["cpu", "gpu-sim"])
 def test_streaming_ring_equals_full_preload(long_dataset, tiny_model, tmp_path, backend):
-    from gpucomp.backends import RenderSettings, create
-    from gpucomp.dataset import Dataset
-    from gpucomp.telemetry import StageStats
+    from gpucomp.engine.backends import RenderSettings, create
+    from gpucomp.io.dataset import Dataset
+    from gpucomp.core.telemetry import StageStats
 
     budget = 60 * FRAME_BYTES  # after the frames in flight, a ring of fewer than 64 slots
     ds = Dataset.open(long_dataset)
@@ -120,7 +120,7 @@ def test_full_disk_mid_run(small_dataset, tiny_model, tmp_path, monkeypatch, cap
 
 @pytest.mark.parametrize("backend, method", [("cpu", "run"), ("gpu-sim", "run_bound")])
 def test_model_failing_mid_run(small_dataset, tiny_model, tmp_path, monkeypatch, capsys, backend, method):
-    from gpucomp.errors import ModelError
+    from gpucomp.core.errors import ModelError
     from gpucomp.model import ModelSession
     from gpucomp.model.session import WARM_UP_RUNS
 

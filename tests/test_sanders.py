@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from gpucomp import cli
-from gpucomp.contract import audio_input, place
-from gpucomp.dataset import load_features, load_rectangles
-from gpucomp.videoio import H264Writer
+from gpucomp.core.contract import audio_input, place
+from gpucomp.io.dataset import load_features, load_rectangles
+from gpucomp.io.videoio import H264Writer
 
 from .test_contract import plain_audio
 from .test_render import expected_frames

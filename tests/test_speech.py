@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpucomp import melspec
-from gpucomp.backends import RenderSettings, create
+from gpucomp.speech import melspec
+from gpucomp.engine.backends import RenderSettings, create
 from gpucomp.cli import main
-from gpucomp.dataset import Dataset
-from gpucomp.features import AudioEncoder, pad_rows, smooth_rows, speech_features
-from gpucomp.pipeline import render
-from gpucomp.schedule import Schedule
-from gpucomp.audio import load_speech
-from gpucomp.synth import synthetic_speech, write_dataset
-from gpucomp.telemetry import StageStats
+from gpucomp.io.dataset import Dataset
+from gpucomp.speech.features import AudioEncoder, pad_rows, smooth_rows, speech_features
+from gpucomp.engine.pipeline import render
+from gpucomp.speech.schedule import Schedule
+from gpucomp.io.audio import load_speech
+from gpucomp.io.synth import synthetic_speech, write_dataset
+from gpucomp.core.telemetry import StageStats
 
 SPEECH_SECONDS = 1.5  # T = 121 mel frames, n = 34 windows, M = 36 output frames
 
@@ -237,7 +237,7 @@ def render_backend(name, dataset, model, schedule, budget=None):
 
 @pytest.mark.parametrize("backend", ["cpu", "gpu-sim"])
 def test_cache_holds_the_avatar_once(long_avatar, echo_model_file, backend, monkeypatch):
-    from gpucomp import videoio
+    from gpucomp.io import videoio
 
     reads = []
     original = videoio.FrameReader.read
@@ -313,7 +313,7 @@ def test_resume_finishes_a_speech_render_identically(small_dataset, tiny_model, 
 def test_prepare_makes_a_dataset_speech_can_render(small_dataset, echo_model_file, features_file, tmp_path):
     import cv2
 
-    from gpucomp.prepare import producer_crop
+    from gpucomp.io.prepare import producer_crop
 
     rects = json.loads((small_dataset / "crop_rectangles.json").read_text())
     as_list = tmp_path / "rects.json"

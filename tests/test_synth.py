@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 
 from gpucomp import cli
-from gpucomp.dataset import Dataset
-from gpucomp.synth import make_script
+from gpucomp.io.dataset import Dataset
+from gpucomp.io.synth import make_script
 
 from .conftest import decode_video
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from gpucomp import cli
-from gpucomp.errors import OutputError
-from gpucomp.video_out import choose_encoder
-from gpucomp.videoio import nvenc_unavailable_reason
+from gpucomp.core.errors import OutputError
+from gpucomp.io.video_out import choose_encoder
+from gpucomp.io.videoio import nvenc_unavailable_reason
 
 from .conftest import decode_video, default_sigint, run_cli
 
@@ -144,7 +144,7 @@ def test_mp4_into_a_directory_is_refused(small_dataset, tiny_model, tmp_path, ca
 
 
 def test_nvenc_choice_and_fallback(monkeypatch):
-    import gpucomp.video_out as video_out
+    import gpucomp.io.video_out as video_out
 
     monkeypatch.setattr(video_out, "nvenc_unavailable_reason", lambda: "no NVENC device")
     assert choose_encoder("auto") == ("libx264", "h264_nvenc is not usable here (no NVENC device); encoding with libx264")
@@ -189,9 +189,9 @@ def test_h264_encoding_is_reproducible_within_a_process(tmp_path):
     """x264's SIMD motion search and weighted-prediction analysis read heap
     garbage unless `cpu-independent` is set: the same face crops then encoded
     to different bytes from one call to the next (2 to 7 versions in 8 calls)."""
-    from gpucomp.prepare import producer_crop as face_crop
-    from gpucomp.synth import make_script, render_frame, _background
-    from gpucomp.videoio import H264Writer
+    from gpucomp.io.prepare import producer_crop as face_crop
+    from gpucomp.io.synth import make_script, render_frame, _background
+    from gpucomp.io.videoio import H264Writer
 
     script = make_script(12, seed=7)
     background = _background(np.random.default_rng(8))

@@ -18,8 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..cli import _float_range, _int_range, _Parser, guarded
-from ..dataset import Dataset
-from ..framecache import preload
+from ..io.dataset import Dataset
+from ..engine.framecache import preload
 from . import isolation, machine, reports, speech
 from .runs import FrameReference, RunRecord, run_configuration, unavailable_reason
 
@@ -76,8 +76,8 @@ def _say(message: str):
 
 
 def run(args) -> dict:
-    from ..demo import demo_dataset, demo_model, echo_model_path
-    from ..telemetry import NvmlSampler, nvml_unavailable_reason
+    from ..cli.demo import demo_dataset, demo_model, echo_model_path
+    from ..core.telemetry import NvmlSampler, nvml_unavailable_reason
 
     show = not args.quiet
     data = args.data or demo_dataset(100, quiet=args.quiet)
@@ -135,7 +135,7 @@ def run(args) -> dict:
             compare_all(echo_model_path(), "echo", 1, "echo")
         if not args.no_speech:
             _say("speech: features throughput and renders from speech")
-            from ..demo import demo_audio_encoder
+            from ..cli.demo import demo_audio_encoder
 
             encoder = demo_audio_encoder(quiet=args.quiet)
             speech_backends = [b for b in available if b != "seed"]

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backends import RenderSettings, create
-from ..backends.cpu import composite_frame
-from ..dataset import Dataset
-from ..encode import ImageSequenceSink
-from ..telemetry import StageStats
+from ..engine.backends import RenderSettings, create
+from ..engine.backends.cpu import composite_frame
+from ..io.dataset import Dataset
+from ..io.encode import ImageSequenceSink
+from ..core.telemetry import StageStats
 
 COMPOSITE_BATCH = 16
 

@@ -7,7 +7,7 @@ import platform
 import socket
 from importlib import metadata
 
-from ..resources import total_memory
+from ..core.resources import total_memory
 
 PACKAGES = ("gpucomp", "numpy", "opencv-python-headless", "onnxruntime-gpu", "onnxruntime", "onnx", "cupy-cuda13x",
             "nvidia-ml-py", "av", "isal", "tqdm", "matplotlib")

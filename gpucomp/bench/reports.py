@@ -137,7 +137,7 @@ def markdown(report: dict) -> str:
 
 
 def write_nvml_series(path: Path, sampler):
-    from ..telemetry import NVML_FIELDS
+    from ..core.telemetry import NVML_FIELDS
 
     with open(path, "w", newline="") as f:
         w = csv.writer(f)

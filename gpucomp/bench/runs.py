@@ -16,13 +16,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..backends import RenderSettings, create, cuda_unavailable_reason
-from ..backends.seed import SeedRenderer
-from ..dataset import Dataset
-from ..encode import ImageSequenceSink
-from ..errors import GpucompError
-from ..pipeline import render
-from ..telemetry import STAGES, Progress, StageStats
+from ..engine.backends import RenderSettings, create, cuda_unavailable_reason
+from ..engine.backends.seed import SeedRenderer
+from ..io.dataset import Dataset
+from ..io.encode import ImageSequenceSink
+from ..core.errors import GpucompError
+from ..engine.pipeline import render
+from ..core.telemetry import STAGES, Progress, StageStats
 
 
 @dataclass

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..features import AudioEncoder, FeatureTimes, encoder_providers, speech_features
-from ..synth import synthetic_speech
+from ..speech.features import AudioEncoder, FeatureTimes, encoder_providers, speech_features
+from ..io.synth import synthetic_speech
 
 
 def _median_range(values: list[float]) -> dict:

@@ -44,7 +44,7 @@ CALIBRATION_WINDOWS = 8
 def calibration_window(rng: np.random.Generator) -> np.ndarray:
     """Mel-like windows in the front end's [-4, 4] range, louder in the low
     bands and smooth over time and frequency, side by side: (1, 80, 16 * 8)."""
-    from ..synth import smooth_noise
+    from ..io.synth import smooth_noise
 
     width = MEL_WINDOW * CALIBRATION_WINDOWS
     tilt = np.linspace(1.0, -2.5, MEL_BANDS, dtype=np.float32)[:, None]

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import AUDIO_SHAPE, PRED_SHAPE, VISUAL_SHAPE
-from ..errors import BackendUnavailable, ModelError, file_problem
+from ..core.contract import AUDIO_SHAPE, PRED_SHAPE, VISUAL_SHAPE
+from ..core.errors import BackendUnavailable, ModelError, file_problem
 
 _FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 # ONNX Runtime on the CPU settles only after a few runs of a shape (its thread

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..contract import AUDIO_SHAPE, PRED_SHAPE, VISUAL_SHAPE
+from ..core.contract import AUDIO_SHAPE, PRED_SHAPE, VISUAL_SHAPE
 
 OPSET = 17
 BASE_CHANNELS = (32, 64, 128, 256, 512)
@@ -207,7 +207,7 @@ def _align_corners_matrix(n: int) -> np.ndarray:
 def calibration_sample(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A typical input: a smooth, face-toned visual input and a smooth,
     non-negative audio window like the real features (values 0 .. ~10)."""
-    from ..synth import smooth_noise  # local: synth imports heavy video modules
+    from ..io.synth import smooth_noise  # local: synth imports heavy video modules
 
     visual = np.empty(VISUAL_SHAPE, np.float32)
     tone = np.array([0.45, 0.55, 0.7], np.float32)[:, None, None]  # skin-like BGR

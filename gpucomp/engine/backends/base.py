@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..dataset import Dataset
-from ..schedule import Schedule
-from ..telemetry import StageStats
+from ...io.dataset import Dataset
+from ...speech.schedule import Schedule
+from ...core.telemetry import StageStats
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import threading
 from pathlib import Path
 
 from .atomic import write_atomic
-from .errors import GpucompError
+from ..core.errors import GpucompError
 
 RECORD_NAME = ".gpucomp-run.json"
 LOG_NAME = ".gpucomp-frames.log"

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..contract import AUDIO_SHAPE, FEATURE_DIM, PRED_SHAPE, VISUAL_SHAPE, feature_rows
-from ..errors import BackendUnavailable, ModelError, ResourceError
+from ...core.contract import AUDIO_SHAPE, FEATURE_DIM, PRED_SHAPE, VISUAL_SHAPE, feature_rows
+from ...core.errors import BackendUnavailable, ModelError, ResourceError
 from ..framecache import FrameRing, ring_slots
 from ..kernel_layout import pack_frames
-from ..model import ModelSession
-from ..model.session import WARM_UP_RUNS
-from ..schedule import Schedule, as_schedule
+from ...model import ModelSession
+from ...model.session import WARM_UP_RUNS
+from ...speech.schedule import Schedule, as_schedule
 from .base import Backend, PendingBatch, batch_sizes
 from .devices import CudaDevice, SimDevice
 

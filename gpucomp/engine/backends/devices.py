@@ -1,6 +1,6 @@
 """Where the GPU engine runs: a CUDA device, or its simulation on the host.
 
-Both expose the same small surface, so the engine (backends/gpu.py) is one
+Both expose the same small surface, so the engine (engine/backends/gpu.py) is one
 class. Work is stream-ordered on the CUDA device: the input kernels, ONNX
 Runtime (given the same stream as `user_compute_stream`) and the composite
 kernel share the compute stream; device-to-host copies run on a second stream
@@ -16,11 +16,11 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from ..contract import AUDIO_WINDOW, FEATURE_DIM, ROI_SIZE
-from ..dataset import PRELOAD_MEMORY_SHARE
-from ..errors import ResourceError
+from ...core.contract import AUDIO_WINDOW, FEATURE_DIM, ROI_SIZE
+from ...io.dataset import PRELOAD_MEMORY_SHARE
+from ...core.errors import ResourceError
 from ..framecache import HostMemory
-from ..resources import available_memory, format_bytes
+from ...core.resources import available_memory, format_bytes
 
 THREADS = 256  # threads per block for every kernel
 

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import AtomicTarget
-from .errors import BackendUnavailable
+from ..io.atomic import AtomicTarget
+from ..core.errors import BackendUnavailable
+from ..core.resources import cache_dir
 
 # IEEE arithmetic, no contraction into FMA: the host must compute what the device computes.
 HOST_CFLAGS = ("-O2", "-fPIC", "-shared", "-std=c11", "-ffp-contract=off", "-fno-fast-math")
@@ -34,7 +35,7 @@ CUDA_KERNELS = {
 
 def source_dir() -> Path:
     """kernels/ of the source tree, or its copy installed inside the package."""
-    tree = Path(__file__).resolve().parent.parent / "kernels"
+    tree = Path(__file__).resolve().parents[2] / "kernels"
     if (tree / "common.cuh").is_file():
         return tree
     from importlib.resources import files
@@ -61,8 +62,6 @@ def _compiler() -> str:
 
 def host_library_path() -> Path:
     """Build the host kernels if needed; returns the shared library's path."""
-    from .demo import cache_dir
-
     cc = _compiler()
     digest = hashlib.sha256()
     for path in sources():
@@ -171,8 +170,6 @@ def compile_cubin(filename: str, arch: str, directory: Path | None = None) -> by
 
     Cached on disk by the hash of everything that decides the binary."""
     from cupy_backends.cuda.libs import nvrtc
-
-    from .demo import cache_dir
 
     key = "\0".join((cuda_source(filename, directory), *NVRTC_OPTIONS, arch, repr(nvrtc.getVersion())))
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]

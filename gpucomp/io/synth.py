@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .contract import CROP_SIZE, FEATURE_DIM
+from ..core.contract import CROP_SIZE, FEATURE_DIM
 from .atomic import write_atomic
 from .prepare import producer_crop
 from .videoio import H264Writer

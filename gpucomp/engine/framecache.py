@@ -23,11 +23,11 @@ import threading
 
 import numpy as np
 
-from .contract import CROP_SIZE
-from .dataset import PRELOAD_MEMORY_SHARE, ChunkDecoder, Dataset
-from .errors import ResourceError
-from .resources import available_memory, format_bytes
-from .schedule import Schedule, as_schedule
+from ..core.contract import CROP_SIZE
+from ..io.dataset import PRELOAD_MEMORY_SHARE, ChunkDecoder, Dataset
+from ..core.errors import ResourceError
+from ..core.resources import available_memory, format_bytes
+from ..speech.schedule import Schedule, as_schedule
 
 DECODE_CHUNK = 16  # frames decoded (and uploaded) per step
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .contract import CROP_SIZE, FEATURE_DIM, Placement, place
-from .errors import DatasetError, file_problem
+from ..core.contract import CROP_SIZE, FEATURE_DIM, Placement, place
+from ..core.errors import DatasetError, file_problem
 from .videoio import FrameReader, VideoInfo, probe_video
 
 FULL_VIDEO = "full_body_video.mp4"

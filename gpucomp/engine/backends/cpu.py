@@ -8,14 +8,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import cv2
 import numpy as np
 
-from ..contract import ROI_OFFSET, ROI_SIZE, Placement, audio_input, feather_alpha, feather_blend, \
+from ...core.contract import ROI_OFFSET, ROI_SIZE, Placement, audio_input, feather_alpha, feather_blend, \
     prediction_to_u8, visual_input
-from ..dataset import PRELOAD_MEMORY_SHARE
+from ...io.dataset import PRELOAD_MEMORY_SHARE
 from ..framecache import FrameRing, HostMemory, in_flight_bytes, ring_slots
-from ..model import ModelSession
-from ..resources import available_memory
-from ..schedule import Schedule, as_schedule
-from ..telemetry import Timer
+from ...model import ModelSession
+from ...core.resources import available_memory
+from ...speech.schedule import Schedule, as_schedule
+from ...core.telemetry import Timer
 from .base import Backend, PendingBatch, batch_sizes
 
 

@@ -3,7 +3,7 @@
 `pack_frames` turns the placements of a frame range into the per-frame
 descriptors (gc_frame, 12 int32: placement, table offsets, cache slot) and one shared buffer of bilinear taps
 (gc_tap, 4 int32), with one table per distinct size taken from
-gpucomp.contract: the kernels never derive geometry themselves.
+gpucomp.core.contract: the kernels never derive geometry themselves.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .contract import CROP_SIZE, Placement, axis_table
+from ..core.contract import CROP_SIZE, Placement, axis_table
 
 FRAME_INTS = 12  # sizeof(gc_frame) / 4
 TAP_INTS = 4     # sizeof(gc_tap) / 4

@@ -23,9 +23,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .contract import CROP_SIZE, place
+from ..core.contract import CROP_SIZE, place
 from .dataset import CROPS_VIDEO, FULL_VIDEO, RECT_FILES, load_rectangles
-from .errors import DatasetError, OutputError
+from ..core.errors import DatasetError, OutputError
 from .videoio import FrameReader, H264Writer, probe_video
 
 CROPS_CRF = 10  # the crops are the model's input: keep them close to lossless

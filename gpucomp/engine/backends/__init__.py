@@ -14,9 +14,9 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from ..dataset import Dataset
-from ..errors import BackendUnavailable
-from ..telemetry import StageStats
+from ...io.dataset import Dataset
+from ...core.errors import BackendUnavailable
+from ...core.telemetry import StageStats
 from .base import Backend, PendingBatch, RenderSettings
 
 BACKENDS = ("cpu", "gpu", "gpu-sim")

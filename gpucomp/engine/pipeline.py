@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from .backends.base import Backend, PendingBatch
-from .telemetry import Progress, StageStats
+from ..core.telemetry import Progress, StageStats
 
 
 @dataclass

@@ -12,18 +12,12 @@ import shutil
 import sys
 from pathlib import Path
 
-from .atomic import write_atomic
+from ..core.resources import cache_dir
+from ..io.atomic import write_atomic
 
 # Bump when the generator changes what it writes, so stale caches are not reused.
 SYNTH_VERSION = 1
 MODEL_VERSION = 2
-
-
-def cache_dir() -> Path:
-    if os.environ.get("GPUCOMP_CACHE"):
-        return Path(os.environ["GPUCOMP_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "gpucomp"
 
 
 def _say(message: str, quiet: bool):
@@ -33,7 +27,7 @@ def _say(message: str, quiet: bool):
 
 def demo_dataset(frames: int = 100, seed: int = 0, quiet: bool = False) -> Path:
     """Path of a cached synthetic dataset of `frames` frames, built if missing."""
-    from .synth import write_dataset
+    from ..io.synth import write_dataset
 
     final = cache_dir() / "datasets" / f"demo-{frames}f-seed{seed}-v{SYNTH_VERSION}"
     if final.is_dir():
@@ -65,7 +59,7 @@ def _cached_model(name: str, build, message: str, quiet: bool) -> Path:
 
 def demo_model(width_mult: float = 1.0, seed: int = 0, quiet: bool = False) -> Path:
     """Path of a cached UNet-328 ONNX model, built if missing."""
-    from .model import build_unet328
+    from ..model import build_unet328
 
     return _cached_model(f"unet328-w{width_mult:g}-seed{seed}-v{MODEL_VERSION}.onnx",
                          lambda: build_unet328(width_mult, seed),
@@ -74,14 +68,14 @@ def demo_model(width_mult: float = 1.0, seed: int = 0, quiet: bool = False) -> P
 
 def echo_model_path(quiet: bool = True) -> Path:
     """Path of the cached echo model (output = input roi, exact on every device)."""
-    from .model import build_echo_model
+    from ..model import build_echo_model
 
     return _cached_model(f"echo-v{MODEL_VERSION}.onnx", build_echo_model, "building the echo model in {} ...", quiet)
 
 
 def demo_audio_encoder(seed: int = 0, quiet: bool = False) -> Path:
     """Path of the cached ave audio encoder (AUDIO.md) with seeded weights."""
-    from .model.audio_encoder import build_audio_encoder
+    from ..model.audio_encoder import build_audio_encoder
 
     return _cached_model(f"ave-seed{seed}-v{MODEL_VERSION}.onnx", lambda: build_audio_encoder(seed),
                          "building the audio encoder in {} ...", quiet)
@@ -94,7 +88,7 @@ def demo_speech(seconds: float = 8.0, seed: int = 0, quiet: bool = False) -> Pat
 
     import numpy as np
 
-    from .synth import SAMPLE_RATE, synthetic_speech
+    from ..io.synth import SAMPLE_RATE, synthetic_speech
 
     final = cache_dir() / "speech" / f"speech-{seconds:g}s-seed{seed}-v{SYNTH_VERSION}.wav"
     if final.is_file():

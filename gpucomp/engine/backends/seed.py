@@ -21,12 +21,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..contract import audio_input, visual_input
-from ..dataset import Dataset
+from ...core.contract import audio_input, visual_input
+from ...io.dataset import Dataset
 from ..framecache import preload
-from ..encode import frame_name, prepare_output_dir
-from ..model import ModelSession
-from ..telemetry import StageStats, Timer
+from ...io.encode import frame_name, prepare_output_dir
+from ...model import ModelSession
+from ...core.telemetry import StageStats, Timer
 from .base import batch_sizes
 
 

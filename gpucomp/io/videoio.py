@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from .atomic import AtomicTarget
-from .errors import DatasetError, require_nonempty_file
+from ..core.errors import DatasetError, require_nonempty_file
 
 
 @dataclass(frozen=True)
@@ -157,7 +157,7 @@ def nvenc_unavailable_reason() -> str | None:
 
 class H264Writer:
     """H.264 in MP4 through PyAV (libx264, or h264_nvenc), optionally with an
-    AAC voice track; finished files only (gpucomp.atomic): `close()` puts the
+    AAC voice track; finished files only (gpucomp.io.atomic): `close()` puts the
     file in place, `abort()` removes it."""
 
     def __init__(self, path: Path, width: int, height: int, fps: float, *, crf: int = 18,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from .pipeline import RenderResult
-from .telemetry import STAGES
+from ..engine.pipeline import RenderResult
+from ..core.telemetry import STAGES
 
 
 def summary_lines(result: RenderResult, backend_name: str, prepare_seconds: float | None = None) -> list[str]:

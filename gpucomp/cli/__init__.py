@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import GpucompError
+from ..core.errors import GpucompError
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -69,11 +69,11 @@ def _size(text: str) -> int:
 
 def add_render_options(p: argparse.ArgumentParser):
     """Options shared by `render` and `demo`."""
-    from .backends import CHOICES
-    from .encode import IMAGE_FORMATS
-    from .schedule import KINDS as SCHEDULES
-    from .video_out import VIDEO_FORMATS
-    from .videoio import X264_PRESETS
+    from ..engine.backends import CHOICES
+    from ..io.encode import IMAGE_FORMATS
+    from ..speech.schedule import KINDS as SCHEDULES
+    from ..io.video_out import VIDEO_FORMATS
+    from ..io.videoio import X264_PRESETS
 
     p.add_argument("--backend", choices=CHOICES, default="auto",
                    help="cpu, gpu, gpu-sim (the GPU engine simulated on the CPU) or auto (default: gpu if usable)")
@@ -194,8 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_synth(args) -> int:
-    from .synth import write_dataset
-    from .telemetry import decode_progress
+    from ..io.synth import write_dataset
+    from ..core.telemetry import decode_progress
 
     try:
         width, height = (int(v) for v in args.size.lower().split("x"))
@@ -215,10 +215,10 @@ def _cmd_synth(args) -> int:
 
 
 def _cmd_prepare(args) -> int:
-    from .atomic import refuse_output_over_inputs
-    from .prepare import prepare_dataset
-    from .telemetry import decode_progress
-    from .videoio import probe_video
+    from ..io.atomic import refuse_output_over_inputs
+    from ..io.prepare import prepare_dataset
+    from ..core.telemetry import decode_progress
+    from ..io.videoio import probe_video
 
     # An output folder holding an input is not empty, which prepare refuses.
     refuse_output_over_inputs(args.output, None, [args.video, args.rects])
@@ -234,8 +234,8 @@ def _cmd_prepare(args) -> int:
 def _cmd_model(args) -> int:
     import onnx
 
-    from .model import build_echo_model, build_unet328, parameter_count
-    from .model.audio_encoder import build_audio_encoder
+    from ..model import build_echo_model, build_unet328, parameter_count
+    from ..model.audio_encoder import build_audio_encoder
 
     if args.kind == "ave":
         model = build_audio_encoder(args.seed)
@@ -277,10 +277,10 @@ def _default_format(args, fmt: str):
 def _features_from_speech(path: Path, encoder_path: Path, backend: str, *, fps: float, smooth: bool,
                           rate: int | None, show: bool, batch: int = 64):
     """(M, 512) features of a speech file, and the FeatureTimes; progress on stderr."""
-    from .features import AudioEncoder, FeatureTimes, encoder_providers, speech_features
-    from .melspec import SAMPLE_RATE, mel_frames, window_count
-    from .audio import load_speech
-    from .telemetry import decode_progress
+    from ..speech.features import AudioEncoder, FeatureTimes, encoder_providers, speech_features
+    from ..speech.melspec import SAMPLE_RATE, mel_frames, window_count
+    from ..io.audio import load_speech
+    from ..core.telemetry import decode_progress
 
     samples = load_speech(path, rate)
     encoder = AudioEncoder(encoder_path, encoder_providers(backend))
@@ -298,7 +298,7 @@ def _features_from_speech(path: Path, encoder_path: Path, backend: str, *, fps: 
 def _speech_source(args, dataset, backend: str, show: bool):
     """For --speech/--features: the dataset rendering those features, and the
     voice track for mp4 (--audio, else the speech)."""
-    from .dataset import load_features
+    from ..io.dataset import load_features
 
     if args.features is not None:
         features, path = load_features(args.features), args.features
@@ -321,8 +321,8 @@ def _cmd_features(args) -> int:
 
     import numpy as np
 
-    from .atomic import refuse_output_over_inputs, write_atomic
-    from .backends import resolve
+    from ..io.atomic import refuse_output_over_inputs, write_atomic
+    from ..engine.backends import resolve
 
     refuse_output_over_inputs(args.output, None, [args.audio, args.encoder])
     name, notice = resolve(args.backend)
@@ -346,16 +346,16 @@ def _cmd_features(args) -> int:
 
 
 def _cmd_render(args) -> int:
-    from .atomic import refuse_output_over_inputs
-    from .backends import RenderSettings, create, resolve
-    from .dataset import Dataset
-    from .encode import IMAGE_FORMATS, encoder_bytes, frame_name, open_sink, prepare_output_dir
-    from .pipeline import render
+    from ..io.atomic import refuse_output_over_inputs
+    from ..engine.backends import RenderSettings, create, resolve
+    from ..io.dataset import Dataset
+    from ..io.encode import IMAGE_FORMATS, encoder_bytes, frame_name, open_sink, prepare_output_dir
+    from ..engine.pipeline import render
     from .report import print_summary
-    from .resume import FrameLog, run_record
-    from .schedule import Schedule
-    from .telemetry import Progress, StageStats, decode_progress
-    from .video_out import STDOUT
+    from ..io.resume import FrameLog, run_record
+    from ..speech.schedule import Schedule
+    from ..core.telemetry import Progress, StageStats, decode_progress
+    from ..io.video_out import STDOUT
 
     _default_format(args, "png")
     # With frames on stdout, everything else goes to stderr.
@@ -474,7 +474,7 @@ def guarded(run) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except MemoryError as exc:  # an allocation the estimates did not foresee (a process memory limit, say)
-        from .resources import available_memory, format_bytes
+        from ..core.resources import available_memory, format_bytes
 
         detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else "an allocation failed"
         print(f"error: out of memory ({detail}); only {format_bytes(available_memory())} of RAM is free; "

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from . import melspec
-from .contract import FEATURE_DIM
-from .errors import DatasetError, ModelError
-from .model.session import load_session, one_line
+from ..core.contract import FEATURE_DIM
+from ..core.errors import DatasetError, ModelError
+from ..model.session import load_session, one_line
 
 WINDOW_SHAPE = (1, melspec.N_MELS, melspec.WINDOW_FRAMES)
 ENCODER_BATCH = 64

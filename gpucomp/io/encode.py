@@ -1,6 +1,6 @@
 """Encoding finished frames on a pool of CPU worker threads.
 
-Image sequences: PNG (lossless; gpucomp.png, ISA-L deflate, every step free of
+Image sequences: PNG (lossless; gpucomp.io.png, ISA-L deflate, every step free of
 the GIL so the threads add up; see the encoder table in the README) or JPEG
 (OpenCV / libjpeg-turbo, also GIL-free), one file per frame named
 `frame_{index:05d}.png` by dataset frame index. Each file is
@@ -18,9 +18,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import OutputError
+from ..core.errors import OutputError
 from .png import encode_png
-from .telemetry import StageStats, Timer
+from ..core.telemetry import StageStats, Timer
 from .atomic import ensure_writable, remove_stale_temporaries, write_atomic
 
 IMAGE_FORMATS = ("png", "jpg")
@@ -81,7 +81,7 @@ class ImageSequenceSink:
         self.fmt = fmt
         self.stats = stats
         self.jpeg_quality = jpeg_quality
-        self.log = log  # gpucomp.resume.FrameLog: what a later --resume may keep
+        self.log = log  # gpucomp.io.resume.FrameLog: what a later --resume may keep
         self.written = 0
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="encode")
         self._lock = threading.Lock()

@@ -1,8 +1,9 @@
-"""How much memory the host has free, and human-readable sizes."""
+"""How much memory the host has free, human-readable sizes, and where gpucomp caches what it builds."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 
 def _meminfo(key: str) -> int | None:
@@ -35,3 +36,12 @@ def format_bytes(n: float) -> str:
         n /= 1024
         if abs(n) < 1024 or unit == "GiB":
             return f"{n:.1f} {unit}"
+
+
+def cache_dir() -> Path:
+    """Where built assets (demo data, models, compiled kernels) are cached:
+    $GPUCOMP_CACHE, else $XDG_CACHE_HOME/gpucomp, else ~/.cache/gpucomp."""
+    if os.environ.get("GPUCOMP_CACHE"):
+        return Path(os.environ["GPUCOMP_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "gpucomp"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import OutputError
+from ..core.errors import OutputError
 
 
 def temporary_path(final: Path) -> Path:

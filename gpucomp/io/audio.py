@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DatasetError, OutputError, require_nonempty_file
+from ..core.errors import DatasetError, OutputError, require_nonempty_file
 
 DEFAULT_RATE = 16000
 SPEECH_RATE = 16000  # what the mel front end takes

@@ -19,8 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import OutputError
-from .telemetry import StageStats, Timer
+from ..core.errors import OutputError
+from ..core.telemetry import StageStats, Timer
 from .atomic import AtomicTarget, ensure_writable, is_special_file
 from .videoio import H264Writer, nvenc_unavailable_reason
 
