@@ -30,26 +30,30 @@ typedef long long gc_i64;
 #define GC_MASK_X1 314
 #define GC_MASK_Y0 5
 #define GC_MASK_Y1 309
-#define GC_FEATURE_DIM 512
-#define GC_AUDIO_WINDOW 16
-#define GC_AUDIO_LEAD 8
 #define GC_ALPHA_ONE 256
-
-/* Where one frame's face goes (gpucomp.core.contract.Placement), plus the offsets
- * of its bilinear tables in the shared tap buffer and the cache slot holding
- * its frames. 12 ints, one per render position. */
-typedef struct {
-    int x1, y1, x2, y2;     /* rectangle, exclusive ends; the face is resized to it */
-    int vx1, vy1, vx2, vy2; /* the part inside the frame; empty when vx2 <= vx1 */
-    int xtab, ytab;         /* first tap of the x and y tables for this size */
-    int slot;               /* cache slot of this position's full frame and crop */
-    int reserved;
-} gc_frame;
 
 /* One destination index of a cv2-exact bilinear table
  * (gpucomp.core.contract.axis_table): two source indices and their weights /2048. */
 typedef struct {
     int s0, s1, c0, c1;
 } gc_tap;
+
+/* One frame of a batch: where its cached pixels lie, where its output goes,
+ * and where its face lands (gpucomp.core.contract.Placement). Each frame
+ * carries its own pointers and size, so one launch may mix avatars of any
+ * frame size, each cached in its own allocation. 88 bytes; mirrored by
+ * gpucomp.engine.kernel_layout.FRAME_DTYPE. */
+typedef struct {
+    const gc_u8 *full;      /* the cached full-body frame, height * width * 3 bytes */
+    const gc_u8 *crop;      /* its cached 328x328x3 crop */
+    gc_u8 *out;             /* where the composited frame goes */
+    const gc_tap *taps;     /* the bilinear tables of its avatar */
+    gc_i64 frame_bytes;     /* height * width * 3, below 2^31 */
+    int width;
+    int x1, y1, x2, y2;     /* rectangle, exclusive ends; the face is resized to it */
+    int vx1, vy1, vx2, vy2; /* the part inside the frame; empty when vx2 <= vx1 */
+    int xtab, ytab;         /* first tap of the x and y tables for this size, in `taps` */
+    int reserved;
+} gc_frame;
 
 #endif

@@ -11,18 +11,6 @@
 
 #include "common.cuh"
 
-typedef struct {
-    const gc_u8 *full;      /* [slots, height, width, 3] cached full-body frames */
-    const gc_u8 *crops;     /* [slots, 328, 328, 3] cached crops */
-    const float *pred;      /* [batch, 3, 320, 320] predictions of this batch */
-    const gc_frame *frames; /* per render position */
-    const gc_tap *taps;     /* all bilinear tables */
-    int first;              /* render position of the batch's frame 0 */
-    int width;
-    int feather;            /* 0: the exact contract */
-    gc_i64 frame_bytes;     /* height * width * 3, below 2^31 */
-} gc_composite_args;
-
 /* uint8(trunc(clamp(p * 255))) with a float32 product; NaN -> 0 (fmaxf drops NaN). */
 GC_HD int gc_pred_to_u8(float p)
 {
@@ -61,22 +49,19 @@ GC_HD int gc_feather_alpha(const gc_frame *f, int dx, int dy, int feather)
     return d >= feather ? GC_ALPHA_ONE : (d + 1) * GC_ALPHA_ONE / (feather + 1);
 }
 
-/* The cache slots and buffers of batch frame b. */
+/* Batch frame b: its descriptor and its prediction. */
 typedef struct {
     const gc_frame *f;
-    const gc_u8 *full;  /* this frame's cached full-body bytes */
-    const gc_u8 *crop;
-    const float *pred;
+    const float *pred;  /* [3, 320, 320] */
+    int feather;        /* 0: the exact contract */
 } gc_frame_view;
 
-GC_HD gc_frame_view gc_view(const gc_composite_args *a, int b)
+GC_HD gc_frame_view gc_view(const gc_frame *frames, const float *pred, int feather, int b)
 {
     gc_frame_view v;
-    v.f = &a->frames[a->first + b];
-    gc_i64 slot = v.f->slot;
-    v.full = a->full + slot * a->frame_bytes;
-    v.crop = a->crops + slot * (GC_CROP * GC_CROP * 3);
-    v.pred = a->pred + (gc_i64)b * 3 * GC_ROI * GC_ROI;
+    v.f = &frames[b];
+    v.pred = pred + (gc_i64)b * 3 * GC_ROI * GC_ROI;
+    v.feather = feather;
     return v;
 }
 
@@ -84,8 +69,9 @@ GC_HD gc_frame_view gc_view(const gc_composite_args *a, int b)
  * face, so the cached bytes are the output. Conservative: a span over two
  * rows is decided byte by byte. Offsets within a frame fit in int: the host
  * refuses frames of 2^31 bytes or more. */
-GC_HD int gc_span_outside(const gc_frame *f, int off, int n, int width)
+GC_HD int gc_span_outside(const gc_frame *f, int off, int n)
 {
+    int width = f->width;
     int p0 = off / 3, p1 = (off + n - 1) / 3;
     int y0 = p0 / width, y1 = p1 / width;
     if (y1 < f->vy1 || y0 >= f->vy2)
@@ -116,15 +102,15 @@ GC_HD void gc_span_set(gc_span16 *s, int i, int v)
 }
 
 /* Output byte at pixel (x, y), channel ch, given the cached byte `orig`. */
-GC_HD int gc_output_byte(const gc_composite_args *a, gc_frame_view v, int x, int y, int ch, int orig)
+GC_HD int gc_output_byte(gc_frame_view v, int x, int y, int ch, int orig)
 {
     const gc_frame *f = v.f;
     if (x < f->vx1 || x >= f->vx2 || y < f->vy1 || y >= f->vy2)
         return orig;
     int dx = x - f->x1, dy = y - f->y1;
-    int out = gc_bilinear(v.pred, v.crop, a->taps[f->xtab + dx], a->taps[f->ytab + dy], ch);
-    if (a->feather > 0) {
-        int alpha = gc_feather_alpha(f, dx, dy, a->feather);
+    int out = gc_bilinear(v.pred, f->crop, f->taps[f->xtab + dx], f->taps[f->ytab + dy], ch);
+    if (v.feather > 0) {
+        int alpha = gc_feather_alpha(f, dx, dy, v.feather);
         out = (out * alpha + orig * (GC_ALPHA_ONE - alpha) + 128) >> 8;
     }
     return out;
@@ -133,21 +119,22 @@ GC_HD int gc_output_byte(const gc_composite_args *a, gc_frame_view v, int x, int
 /* Composite the first n (<= 16) bytes of the span starting at byte `off` of
  * one frame, in place: `span` holds the cached full-body bytes on entry and
  * the output on return. */
-GC_HD void gc_composite_span(const gc_composite_args *a, gc_frame_view v, int off, int n, gc_span16 *span)
+GC_HD void gc_composite_span(gc_frame_view v, int off, int n, gc_span16 *span)
 {
-    if (gc_span_outside(v.f, off, n, a->width))
+    if (gc_span_outside(v.f, off, n))
         return;
+    int width = v.f->width;
     int p = off / 3;
     int ch = off - p * 3;
-    int y = p / a->width;
-    int x = p - y * a->width;
+    int y = p / width;
+    int x = p - y * width;
     GC_UNROLL
     for (int i = 0; i < 16; ++i) {
         if (i < n)
-            gc_span_set(span, i, gc_output_byte(a, v, x, y, ch, gc_span_get(span, i)));
+            gc_span_set(span, i, gc_output_byte(v, x, y, ch, gc_span_get(span, i)));
         if (++ch == 3) {
             ch = 0;
-            if (++x == a->width) {
+            if (++x == width) {
                 x = 0;
                 ++y;
             }

@@ -29,12 +29,4 @@ GC_HD void gc_visual_pixel(const gc_u8 *crop, float *visual, int y, int x)
     }
 }
 
-/* Element e (0 .. 8191) of the flattened 16x512 audio window of dataset frame
- * `index`: row index-8 + e/512 of the features, zero outside [0, rows). */
-GC_HD float gc_audio_value(const float *features, int rows, int index, int e)
-{
-    int r = index - GC_AUDIO_LEAD + e / GC_FEATURE_DIM;
-    return (r >= 0 && r < rows) ? features[(gc_i64)r * GC_FEATURE_DIM + e % GC_FEATURE_DIM] : 0.0f;
-}
-
 #endif

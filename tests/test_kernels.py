@@ -10,7 +10,7 @@ import pytest
 from gpucomp.core import contract
 from gpucomp.engine.backends.cpu import composite_frame
 from gpucomp.engine.kernel_build import HOST_CFLAGS, source_dir
-from gpucomp.engine.kernel_layout import pack_frames
+from gpucomp.engine.kernel_layout import FRAME_DTYPE, aligned, fill_descriptors, output_offsets, pack_geometry
 
 from .conftest import random_prediction
 from .test_contract import plain_composite
@@ -28,16 +28,45 @@ def random_rect(rng, w, h, kind):
     return [x1, y1, x1 + rw, y1 + rh]
 
 
+def describe(device, avatars, frames, out, offsets):
+    """Frame descriptors on the device for batch frames `frames` = [(avatar, frame,
+    slot)], where avatar = (full, crops, taps, geometry) device arrays and host geometry."""
+    desc = np.zeros(len(frames) * FRAME_DTYPE.itemsize, np.uint8)
+    ptr = device.pointer
+    rows = [avatars[a] for a, _, _ in frames]
+    sizes = [int(np.prod(full.shape[1:])) for full, _, _, _ in rows]
+    fill_descriptors(desc.view(FRAME_DTYPE),
+                     full=[ptr(full) + slot * n for (full, _, _, _), (_, _, slot), n in zip(rows, frames, sizes)],
+                     crop=[ptr(crops) + slot * 328 * 328 * 3 for (_, crops, _, _), (_, _, slot) in zip(rows, frames)],
+                     output=[ptr(out) + int(o) for o in offsets[:-1]], taps=[ptr(taps) for _, _, taps, _ in rows],
+                     frame_bytes=sizes, width=[full.shape[2] for full, _, _, _ in rows],
+                     geometry=np.stack([geometry[f] for (_, _, _, geometry), (_, f, _) in zip(rows, frames)]))
+    return device.to_device(desc)
+
+
+def run_mixed(device, avatars, frames, pred, feather):
+    """Composite batch frames `frames` = [(avatar index, frame, slot)] of host
+    avatars (full [slots, H, W, 3], crops, placements) in one launch; the frames."""
+    on_device = []
+    for full, crops, placements in avatars:
+        geometry, taps = pack_geometry(placements)
+        on_device.append((device.to_device(full), device.to_device(crops), device.to_device(taps), geometry))
+    shapes = [avatars[a][0].shape[1:] for a, _, _ in frames]
+    offsets = output_offsets([int(np.prod(s)) for s in shapes])
+    out = device.empty((int(offsets[-1]),), np.uint8)
+    desc = describe(device, on_device, frames, out, offsets)
+    device.composite(desc, device.to_device(pred), len(frames), max(int(np.prod(s)) for s in shapes), feather)
+    host = device.to_host(out)
+    return [host[o : o + int(np.prod(s))].reshape(s) for o, s in zip(offsets[:-1], shapes)]
+
+
 def run_composite(device, full, crops, pred, placements, first, feather, slots=None):
     """Composite batch frames first..first+B-1 (positions, whose frames are in
     cache slots `slots`, default slot = position) with the device's kernel."""
-    _, h, w, _ = full.shape
     batch = pred.shape[0]
-    frames, taps = pack_frames(placements, range(len(placements)), slots)
-    out = device.empty((batch, h, w, 3), np.uint8)
-    device.composite(device.to_device(full), device.to_device(crops), device.to_device(pred),
-                     device.to_device(frames), device.to_device(taps), out, first, batch, w, feather)
-    return device.to_host(out)
+    slots = range(len(placements)) if slots is None else slots
+    frames = [(0, first + b, int(slots[first + b])) for b in range(batch)]
+    return np.stack(run_mixed(device, [(full, crops, placements)], frames, pred, feather))
 
 
 @pytest.mark.parametrize("size", [(96, 160), (61, 101)])  # frame bytes a multiple of 16, and not
@@ -84,36 +113,61 @@ def test_feather_ramp_in_the_kernel(device):
     assert (got[:10] == 0).all() and (got[:, :10] == 0).all()
 
 
-@pytest.mark.parametrize("rows", [5, 20, 40])
-def test_prepare_kernels_match_contract(device, rows):
-    rng = np.random.default_rng(rows)
-    slots, batch, first, first_index = 4, 3, 2, 9
+def test_prepare_kernel_matches_contract(device):
+    rng = np.random.default_rng(5)
+    slots, batch = 4, 3
     crops = rng.integers(0, 256, (slots, 328, 328, 3), dtype=np.uint8)
-    features = rng.uniform(0, 10, (rows, 512)).astype(np.float32)
+    full = np.zeros((slots, 20, 20, 3), np.uint8)
     visual = device.empty((batch, 6, 320, 320), np.float32)
-    audio = device.empty((batch, 32, 16, 16), np.float32)
-    slot_of = [0, 1, 3, 3, 0]  # position 2 and 3 show the same cached frame
     placement = contract.place([0, 0, 10, 10], 20, 20, clip=False, where="t")
-    frames, _ = pack_frames([placement] * len(slot_of), range(len(slot_of)), slot_of)
-    device.prepare_inputs(device.to_device(crops), device.to_device(frames), visual, audio,
-                          device.to_device(features), first, batch, first_index)
-    expected_crops = np.stack([crops[slot_of[first + b]] for b in range(batch)])
-    assert np.array_equal(device.to_host(visual), contract.visual_input(expected_crops))
-    assert np.array_equal(device.to_host(audio), contract.audio_input(features, range(first_index, first_index + batch)))
+    geometry, taps = pack_geometry([placement])
+    avatar = (device.to_device(full), device.to_device(crops), device.to_device(taps), geometry)
+    slot_of = [1, 3, 3]  # the last two show the same cached frame
+    frames = [(0, 0, s) for s in slot_of]
+    offsets = output_offsets([20 * 20 * 3] * batch)
+    out = device.empty((int(offsets[-1]),), np.uint8)
+    device.prepare_visual(describe(device, [avatar], frames, out, offsets), visual, batch)
+    assert np.array_equal(device.to_host(visual), contract.visual_input(crops[slot_of]))
 
 
-def test_frame_descriptors_share_tables():
+def test_one_launch_mixes_avatars_of_different_sizes(device):
+    """Frames of two avatars, 1280x720-like and odd-sized (bytes not a multiple
+    of 16), interleaved in one batch: each equals the frame composited alone."""
+    rng = np.random.default_rng(11)
+    avatars = []
+    for h, w in ((72, 128), (61, 101)):
+        placements = [contract.place(random_rect(rng, w, h, kind), w, h, clip=True, where="t")
+                      for kind in ("inside", "edges", "clipped")]
+        avatars.append((rng.integers(0, 256, (3, h, w, 3), dtype=np.uint8),
+                        rng.integers(0, 256, (3, 328, 328, 3), dtype=np.uint8), placements))
+    frames = [(0, 0, 2), (1, 2, 0), (0, 1, 1), (1, 0, 2), (1, 1, 1), (0, 2, 0)]
+    pred = random_prediction(rng, len(frames))
+    for feather in (0, 3):
+        got = run_mixed(device, avatars, frames, pred, feather)
+        for b, (a, f, slot) in enumerate(frames):
+            full, crops, placements = avatars[a]
+            assert np.array_equal(got[b], composite_frame(full[slot], crops[slot], pred[b], placements[f], feather))
+
+
+def test_frame_geometry_shares_tables():
     placements = [contract.place(r, 200, 100, clip=True, where="t")
                   for r in ([0, 0, 50, 50], [10, 10, 60, 60], [-5, 20, 45, 50])]
-    frames, taps = pack_frames(placements, [2, 0, 1])
-    assert frames.dtype == np.int32 and frames.shape == (3, 12)
-    assert frames[1, 8] == frames[2, 8]  # both 50 wide: one x table
-    x_offset, y_offset = frames[0, 8], frames[0, 9]  # frame 2: 50 wide, 30 high
+    geometry, taps = pack_geometry([placements[i] for i in (2, 0, 1)])
+    assert geometry.dtype == np.int32 and geometry.shape == (3, 10)
+    assert geometry[1, 8] == geometry[2, 8]  # both 50 wide: one x table
+    x_offset, y_offset = geometry[0, 8], geometry[0, 9]  # frame 2: 50 wide, 30 high
     assert np.array_equal(taps[x_offset : x_offset + 50], contract.axis_table(328, 50, "x"))
     assert np.array_equal(taps[y_offset : y_offset + 30], contract.axis_table(328, 30, "y"))
-    assert frames[0, :8].tolist() == [-5, 20, 45, 50, 0, 20, 45, 50]
-    assert frames[:, 10].tolist() == [0, 1, 2]  # cache slot: the position, unless given
-    assert pack_frames(placements, [2, 0, 1], [7, 7, 3])[0][:, 10].tolist() == [7, 7, 3]
+    assert geometry[0, :8].tolist() == [-5, 20, 45, 50, 0, 20, 45, 50]
+
+
+def test_the_descriptor_layout_matches_the_c_struct():
+    from gpucomp.engine.kernel_build import host_kernels
+
+    assert host_kernels().gc_host_frame_size() == FRAME_DTYPE.itemsize == 88
+    assert [FRAME_DTYPE.fields[n][1] for n in ("full", "crop", "out", "taps", "frame_bytes", "width", "geometry")] \
+        == [0, 8, 16, 24, 32, 40, 44]
+    assert aligned(1) == 256 and output_offsets([100, 300]).tolist() == [0, 256, 768]
 
 
 @pytest.mark.parametrize("source", sorted(p.name for p in source_dir().glob("*.cu")))

@@ -42,7 +42,7 @@ def test_streaming_ring_equals_full_preload(long_dataset, tiny_model, tmp_path, 
     ds = Dataset.open(long_dataset)
     with create(backend, ds, tiny_model, RenderSettings(batch=3, cache_budget=budget), StageStats()) as b:
         b.prepare(ds.select())
-        ring = b.frames if backend == "cpu" else b.ring
+        ring = b.ring
         assert ring.streaming and 41 <= ring.slots < 64 and 64 % ring.slots  # it wraps, batches straddle its end
     assert render(long_dataset, tiny_model, tmp_path / "ring", "--backend", backend, "--batch", "3",
                   "--cache-budget", budget) == 0

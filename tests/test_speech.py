@@ -229,7 +229,7 @@ def render_backend(name, dataset, model, schedule, budget=None):
     settings = RenderSettings(batch=2, workers=2, cache_budget=budget)
     with create(name, dataset, model, settings, StageStats()) as backend:
         backend.prepare(schedule)
-        ring = backend.frames if name == "cpu" else backend.ring
+        ring = backend.ring
         sink = CollectSink()
         render(backend, len(schedule), sink, batch=2)
         return sink.frames, ring.streaming, ring.slots

@@ -49,7 +49,7 @@ def _thread_counts(cores: int) -> list[int]:
 
 def cpu_composite(backend, count: int, repeats: int, cores: int) -> list[dict]:
     """Frames/s of the CPU composite with 1, 2, 4 .. all threads."""
-    ring, placements = backend.frames, backend.dataset.placements
+    ring, placements = backend.ring, backend.dataset.placements
     preds = fixed_predictions(min(count, COMPOSITE_BATCH))
     frame_bytes = ring.full[0].nbytes
 
@@ -75,12 +75,18 @@ def cpu_composite(backend, count: int, repeats: int, cores: int) -> list[dict]:
 def engine_composite(backend, repeats: int) -> dict:
     """One composite launch for up to COMPOSITE_BATCH cached frames with fixed
     predictions, and a device copy of the same bytes, timed on the engine's device."""
+    from ..engine.kernel_layout import FRAME_DTYPE, aligned
+
     dev = backend.device
-    ring = backend.ring
-    batch = min(COMPOSITE_BATCH, ring.slots)
+    batch = min(COMPOSITE_BATCH, backend.ring.slots)
+    refs = backend.job.refs(range(batch))
     pred = dev.to_device(fixed_predictions(batch))
-    out = dev.empty((batch, backend.dataset.height, backend.dataset.width, 3), np.uint8)
-    frame_bytes = out[0].nbytes
+    frame_bytes = backend.dataset.height * backend.dataset.width * 3
+    out = dev.empty((batch * aligned(frame_bytes),), np.uint8)
+    descriptors = np.empty(batch * FRAME_DTYPE.itemsize, np.uint8)
+    _, largest = backend.describe_batch(refs, descriptors, dev.pointer(out))
+    descriptors = dev.to_device(descriptors)
+    full = backend.ring.full.reshape(-1)[: batch * frame_bytes]
 
     def timed(fn) -> list[float]:
         fn()  # warm-up
@@ -93,9 +99,8 @@ def engine_composite(backend, repeats: int) -> dict:
             seconds.append(dev.seconds_between(a, b))
         return seconds
 
-    kernel = timed(lambda: dev.composite(ring.full, ring.crops, pred, backend.frames, backend.taps, out, 0,
-                                         batch, backend.dataset.width, 0))
-    copy = timed(lambda: dev.copy(out, ring.full[:batch]))
+    kernel = timed(lambda: dev.composite(descriptors, pred, batch, largest, 0))
+    copy = timed(lambda: dev.copy(out[: batch * frame_bytes], full))
     kernel_gbps = [batch * frame_bytes / s / 1e9 for s in kernel]
     copy_gbps = [batch * frame_bytes / s / 1e9 for s in copy]
     return {

@@ -28,8 +28,8 @@ from ..core.resources import cache_dir
 # IEEE arithmetic, no contraction into FMA: the host must compute what the device computes.
 HOST_CFLAGS = ("-O2", "-fPIC", "-shared", "-std=c11", "-ffp-contract=off", "-fno-fast-math")
 CUDA_KERNELS = {
-    "composite.cu": ("gc_composite_vec16", "gc_composite_bytes"),
-    "prepare.cu": ("gc_prepare_visual", "gc_prepare_audio"),
+    "composite.cu": ("gc_composite",),
+    "prepare.cu": ("gc_prepare_visual",),
 }
 
 
@@ -82,20 +82,23 @@ def host_library_path() -> Path:
     return library
 
 
-_u8p = np.ctypeslib.ndpointer(np.uint8, flags="C_CONTIGUOUS")
+_u8p = np.ctypeslib.ndpointer(np.uint8, flags="C_CONTIGUOUS")  # frame descriptors, as bytes
 _f32p = np.ctypeslib.ndpointer(np.float32, flags="C_CONTIGUOUS")
-_i32p = np.ctypeslib.ndpointer(np.int32, flags="C_CONTIGUOUS")
 _int = ctypes.c_int
 
 
 @lru_cache(maxsize=1)
 def host_kernels() -> ctypes.CDLL:
+    from .kernel_layout import FRAME_DTYPE
+
     lib = ctypes.CDLL(str(host_library_path()))
-    lib.gc_host_composite.argtypes = [_u8p, _u8p, _f32p, _i32p, _i32p, _u8p, _int, _int, _int, _int,
-                                      ctypes.c_longlong]
-    lib.gc_host_prepare_visual.argtypes = [_u8p, _i32p, _f32p, _int, _int]
-    lib.gc_host_prepare_audio.argtypes = [_f32p, _int, _f32p, _int, _int]
-    for fn in (lib.gc_host_composite, lib.gc_host_prepare_visual, lib.gc_host_prepare_audio):
+    lib.gc_host_frame_size.argtypes, lib.gc_host_frame_size.restype = [], _int
+    if lib.gc_host_frame_size() != FRAME_DTYPE.itemsize:  # the C struct and its NumPy mirror must agree
+        raise BackendUnavailable(f"kernels/common.cuh's gc_frame is {lib.gc_host_frame_size()} bytes on this host, "
+                                 f"gpucomp expects {FRAME_DTYPE.itemsize}")
+    lib.gc_host_composite.argtypes = [_u8p, _f32p, _int, _int]
+    lib.gc_host_prepare_visual.argtypes = [_u8p, _f32p, _int]
+    for fn in (lib.gc_host_composite, lib.gc_host_prepare_visual):
         fn.restype = None
     return lib
 

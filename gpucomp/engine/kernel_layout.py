@@ -1,9 +1,13 @@
 """NumPy mirrors of the structs in kernels/common.cuh.
 
-`pack_frames` turns the placements of a frame range into the per-frame
-descriptors (gc_frame, 12 int32: placement, table offsets, cache slot) and one shared buffer of bilinear taps
-(gc_tap, 4 int32), with one table per distinct size taken from
-gpucomp.core.contract: the kernels never derive geometry themselves.
+A cached avatar gets its geometry once: per frame the placement and the
+offsets of its bilinear tables (`pack_geometry`), and one buffer of taps
+(gc_tap, 4 int32) with one table per distinct size, taken from
+gpucomp.core.contract: the kernels never derive geometry themselves. Each
+batch then gets one frame descriptor per frame (gc_frame, FRAME_DTYPE):
+pointers to its cached full frame, crop and taps and to its output, its size,
+and its geometry row. Pointers are device addresses on CUDA and host
+addresses in gpu-sim; either way one launch may mix frames of any avatar.
 """
 
 from __future__ import annotations
@@ -14,28 +18,57 @@ import numpy as np
 
 from ..core.contract import CROP_SIZE, Placement, axis_table
 
-FRAME_INTS = 12  # sizeof(gc_frame) / 4
-TAP_INTS = 4     # sizeof(gc_tap) / 4
+TAP_INTS = 4        # sizeof(gc_tap) / 4
+GEOMETRY_INTS = 10  # x1, y1, x2, y2, vx1, vy1, vx2, vy2, xtab, ytab
+CROP_BYTES = CROP_SIZE * CROP_SIZE * 3
+
+# gc_frame: four pointers, the frame's byte count, then 12 int32 (width, the
+# geometry row, one reserved); 88 bytes, checked against the C struct.
+FRAME_DTYPE = np.dtype([("full", "<u8"), ("crop", "<u8"), ("out", "<u8"), ("taps", "<u8"),
+                        ("frame_bytes", "<i8"), ("width", "<i4"), ("geometry", "<i4", (GEOMETRY_INTS,)),
+                        ("reserved", "<i4")])
+assert FRAME_DTYPE.itemsize == 88
+
+# Outputs of a batch start at multiples of this in the output buffer (the
+# kernel's 16-byte stores need 16; 256 keeps every frame on its own DRAM burst).
+OUTPUT_ALIGN = 256
 
 
-def pack_frames(placements: Sequence[Placement], indices: Sequence[int],
-                slots: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(frames [n, 12] int32, taps [T, 4] int32) for render positions 0..n-1
-    showing dataset frames `indices`, whose frames the cache holds in `slots`
-    (default: slot = position)."""
-    frames = np.zeros((len(indices), FRAME_INTS), np.int32)
-    frames[:, 10] = np.arange(len(indices)) if slots is None else slots
+def pack_geometry(placements: Sequence[Placement]) -> tuple[np.ndarray, np.ndarray]:
+    """(geometry [n, 10] int32, taps [T, 4] int32) for frames with these
+    placements; frames of the same width (or height) share one x (or y) table."""
+    geometry = np.zeros((len(placements), GEOMETRY_INTS), np.int32)
     offsets: dict[tuple[str, int], int] = {}
     tables: list[np.ndarray] = []
     total = 0
-    for position, index in enumerate(indices):
-        p = placements[index]
+    for k, p in enumerate(placements):
         for axis, size in (("x", p.width), ("y", p.height)):
             if (axis, size) not in offsets:
                 offsets[axis, size] = total
                 tables.append(axis_table(CROP_SIZE, size, axis))
                 total += size
-        frames[position, :10] = (p.x1, p.y1, p.x2, p.y2, p.vx1, p.vy1, p.vx2, p.vy2,
-                                 offsets["x", p.width], offsets["y", p.height])
+        geometry[k] = (p.x1, p.y1, p.x2, p.y2, p.vx1, p.vy1, p.vx2, p.vy2, offsets["x", p.width],
+                       offsets["y", p.height])
     taps = np.ascontiguousarray(np.concatenate(tables)) if tables else np.zeros((1, TAP_INTS), np.int32)
-    return frames, taps
+    return geometry, taps
+
+
+def aligned(nbytes: int) -> int:
+    return -(-nbytes // OUTPUT_ALIGN) * OUTPUT_ALIGN
+
+
+def output_offsets(frame_bytes: Sequence[int]) -> np.ndarray:
+    """Where each frame of a batch starts in the output buffer, and (last) its end."""
+    return np.concatenate([[0], np.cumsum([aligned(n) for n in frame_bytes])]).astype(np.int64)
+
+
+def fill_descriptors(out: np.ndarray, *, full: Sequence[int], crop: Sequence[int], output: Sequence[int],
+                     taps: Sequence[int], frame_bytes: Sequence[int], width: Sequence[int],
+                     geometry: np.ndarray) -> np.ndarray:
+    """Write the descriptors of a batch into `out` (FRAME_DTYPE, at least as many
+    entries): the addresses of each frame's buffers, its size and geometry row."""
+    n = len(geometry)
+    d = out[:n]
+    d["full"], d["crop"], d["out"], d["taps"] = full, crop, output, taps
+    d["frame_bytes"], d["width"], d["geometry"], d["reserved"] = frame_bytes, width, geometry, 0
+    return d

@@ -74,17 +74,18 @@ def resolve(name: str) -> tuple[str, str | None]:
     return name, None
 
 
-def create(name: str, dataset: Dataset, model_path: Path, settings: RenderSettings,
+def create(name: str, dataset: Dataset | None, model_path: Path, settings: RenderSettings,
            stats: StageStats) -> Backend:
-    """A ready backend (model loaded); `name` must be resolved already."""
+    """A ready backend (model loaded); `name` must be resolved already.
+    `dataset`: the one `prepare` renders, or None for an engine of many avatars."""
     if name == "cpu":
         from .cpu import CpuBackend
 
-        return CpuBackend(dataset, model_path, settings, stats)
+        return CpuBackend(model_path, settings, stats, dataset)
     if name in ("gpu", "gpu-sim"):
         from .gpu import GpuBackend
 
-        return GpuBackend(dataset, model_path, settings, stats, simulate=(name == "gpu-sim"))
+        return GpuBackend(model_path, settings, stats, dataset, simulate=(name == "gpu-sim"))
     raise BackendUnavailable(f"unknown backend {name!r}")
 
 

@@ -1,20 +1,38 @@
-"""What the pipeline needs from a backend.
+"""What every backend provides: one model, any number of cached avatars, and
+batches of frames from any of them.
 
-A backend owns the frame cache, the model session and the compositing. The
-pipeline gives it batches of cache positions and receives finished host frames;
-it never sees CuPy, OpenCV or ONNX Runtime.
+A backend owns the model session, the frame caches (one per avatar, or one
+per render when the frames are decoded for it alone) and the compositing. It
+is given batches of `FrameRef`s, each naming a cache, the slot holding the
+frame's pixels and the frame's place in its avatar, plus the model's audio
+input for the batch, and it returns finished host frames. Frames of different
+avatars, even of different sizes, may share a batch.
+
+Memory: every cache and the finished frames in flight are counted against one
+budget (`RenderSettings.cache_budget`, else what is free), so a cache that
+does not fit is refused with the numbers before anything is allocated, and
+what is already loaded is left as it is.
+
+`prepare(schedule)` / `submit(positions)` are the one-render convenience that
+the command line and the benchmark drive through the pipeline: the backend's
+own dataset, decoded for that render alone (into a bounded ring when it does
+not fit), as a `Job`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from ...io.dataset import Dataset
-from ...speech.schedule import Schedule
+from ...core.errors import ResourceError
+from ...core.resources import format_bytes
 from ...core.telemetry import StageStats
+from ...io.dataset import Dataset
+from ...speech.schedule import Schedule, as_schedule
+from ..framecache import FrameRing, ring_slots
 
 
 @dataclass(frozen=True)
@@ -37,6 +55,39 @@ class RenderSettings:
     output_reserve: int = 0
 
 
+@dataclass(eq=False)
+class FrameCache:
+    """Decoded frames of one avatar (or of one render) held by a backend."""
+
+    ring: FrameRing
+    dataset: Dataset
+    first: int          # dataset index of the avatar's frame 0
+    count: int          # avatar frames it covers
+    nbytes: int         # what it takes of the budget
+    geometry: Any = None  # engine backends: per frame placement and table offsets (kernel_layout)
+    taps: Any = None      # engine backends: the bilinear tables, in the backend's memory
+
+    @property
+    def resident(self) -> bool:
+        """Every frame stays cached (a ring streams them in turn instead)."""
+        return not self.ring.streaming
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """One frame of a batch: avatar frame `frame` (0 .. cache.count-1) held in
+    `slot` of `cache`, written as output frame `index`."""
+
+    cache: FrameCache
+    slot: int
+    frame: int
+    index: int
+
+    @property
+    def placement(self):
+        return self.cache.dataset.placements[self.cache.first + self.frame]
+
+
 class PendingBatch(ABC):
     """Frames of one submitted batch; computation may still be under way."""
 
@@ -55,39 +106,192 @@ class Backend(ABC):
     # Batches that may be submitted and not yet released; at least 2 so one
     # batch computes while another is being saved.
     max_in_flight: int = 3
+    memory_kind = "RAM"
 
-    def __init__(self, dataset: Dataset, settings: RenderSettings, stats: StageStats):
-        self.dataset = dataset
+    def __init__(self, settings: RenderSettings, stats: StageStats, dataset: Dataset | None = None):
         self.settings = settings
         self.stats = stats
+        self.dataset = dataset  # the dataset `prepare` renders, when created for one
+        self.caches: list[FrameCache] = []
+        self.job = None
+        self._reserve_frame_bytes = 0  # finished frames in flight are counted at this size
+
+    # -- memory --------------------------------------------------------------
+
+    @property
+    @abstractmethod
+    def memory(self):
+        """Where caches are allocated (framecache.HostMemory or a device)."""
 
     @abstractmethod
+    def free_memory(self) -> int:
+        """Bytes a new cache may take when no budget was given."""
+
+    @abstractmethod
+    def in_flight_bytes(self, batch: int, frame_bytes: int) -> int:
+        """Bytes of finished frames of `frame_bytes` each that batches of `batch` hold in flight."""
+
+    def output_reserve(self) -> int:
+        """The encoder's own memory, when it shares the caches' memory."""
+        return self.settings.output_reserve
+
+    @property
+    def held_bytes(self) -> int:
+        """What the caches and the frames in flight take of the budget now."""
+        return sum(c.nbytes for c in self.caches) + self.in_flight_bytes(self.settings.batch,
+                                                                         self._reserve_frame_bytes)
+
+    def _room(self) -> tuple[int, str | None]:
+        """(bytes a new cache may take, the memory's name when that is what is free)."""
+        if self.settings.cache_budget is not None:
+            return max(0, self.settings.cache_budget - self.held_bytes), None
+        return self.free_memory(), self.memory_kind
+
+    def load(self, dataset: Dataset, frames: Schedule | range, *, progress=None, stream: bool = False,
+             what: str | None = None) -> FrameCache:
+        """Decode the avatar frames that `frames` uses into a new cache.
+
+        stream=False: all of them stay cached (a resident avatar), or a
+        ResourceError with the numbers when they do not fit. stream=True (one
+        render): a ring that decodes ahead when they do not fit; `frames` is
+        then that render's schedule, and the finished frames in flight and the
+        encoder's memory count too."""
+        schedule = as_schedule(frames)
+        width, height = dataset.width, dataset.height
+        if width * height * 3 >= 2**31:
+            raise ResourceError(f"frames of {width}x{height} are too large for the kernels (2 GiB per frame)")
+        distinct, frame_bytes = len(schedule.avatar), dataset.frame_bytes()
+        batch = min(self.settings.batch, len(schedule)) if stream else self.settings.batch
+        out_bytes = width * height * 3
+        reserve = max(0, self.in_flight_bytes(batch, max(out_bytes, self._reserve_frame_bytes))
+                      - self.in_flight_bytes(batch, self._reserve_frame_bytes))
+        if stream:
+            reserve += self.output_reserve()
+        room, kind = self._room()
+        what = what or f"caching {distinct} frames of {width}x{height}"
+        if stream:
+            slots = ring_slots(distinct, frame_bytes, room, batch, what, kind, reserved=reserve)
+        else:
+            slots = distinct
+            need = distinct * frame_bytes + reserve
+            if need > room:
+                held = len(self.caches)
+                where = (f"{format_bytes(room)} of the {format_bytes(self.settings.cache_budget)} cache budget "
+                         f"is left" if kind is None else f"only {format_bytes(room)} of {kind} is free")
+                others = f" ({held} avatar{'s' if held != 1 else ''} already loaded)" if held else ""
+                raise ResourceError(f"{what}: needs {format_bytes(need)} (with the frames in flight) but "
+                                    f"{where}{others}; unload an avatar, load fewer frames, or give a larger "
+                                    f"cache budget")
+        self._check_device_memory(slots * frame_bytes + reserve, what if slots == distinct
+                                  else f"{what} ({slots} at a time)")
+        self._reserve_output(batch, out_bytes)
+        ring = FrameRing(self.memory, dataset, schedule, slots, progress)
+        cache = FrameCache(ring, dataset, schedule.avatar.start, distinct, ring.slots * frame_bytes)
+        try:
+            self._attach(cache)
+        except BaseException:
+            ring.close()
+            raise
+        self.caches.append(cache)
+        self._reserve_frame_bytes = max(self._reserve_frame_bytes, out_bytes)
+        return cache
+
+    def unload(self, cache: FrameCache):
+        """Free a cache and hand its memory back; its frames may not be in a
+        batch still in flight."""
+        self._drop(cache)
+        self._release_memory()
+
+    def _drop(self, cache: FrameCache):
+        if cache in self.caches:
+            self.caches.remove(cache)
+        cache.ring.close()
+        cache.ring.full = cache.ring.crops = None
+        cache.geometry = cache.taps = None
+        self._reserve_frame_bytes = max((c.dataset.width * c.dataset.height * 3 for c in self.caches), default=0)
+
+    def _check_device_memory(self, need: int, what: str):
+        """A last check against the memory itself (a budget may exceed it)."""
+
+    def _reserve_output(self, batch: int, frame_bytes: int):
+        """Make room for finished frames of this size in batches of `batch`."""
+
+    def _attach(self, cache: FrameCache):
+        """Whatever else the backend needs per cache (tables on the device)."""
+
+    def _release_memory(self):
+        """Hand freed memory back (a device's pool)."""
+
+    # -- batches ---------------------------------------------------------------
+
+    @abstractmethod
+    def warm_up(self, sizes):
+        """Run every batch size in `sizes` until settled (allocation, algorithm
+        search, graph capture), outside any timing; sizes already warm are skipped."""
+
+    @abstractmethod
+    def submit_frames(self, refs: list[FrameRef], audio: np.ndarray, stats: StageStats,
+                      done=None) -> PendingBatch:
+        """Start inference and compositing of `refs` with the model's audio
+        input `audio` [B, 32, 16, 16]; `done()` is called once their cached
+        frames are no longer read."""
+
+    @abstractmethod
+    def infer_frames(self, refs: list[FrameRef], audio: np.ndarray):
+        """Model inputs and inference alone, completed on return (the
+        benchmark's inference-alone throughput)."""
+
+    def check_batches(self, sizes):
+        """A ModelError before any run when the model cannot take these batch sizes."""
+        self.session.check_batches(sizes)
+
+    # -- the one-render convenience ------------------------------------------------
+
     def prepare(self, schedule: Schedule | range, progress=None):
-        """Load the frames of `schedule` (kept as `self.schedule`; a range of
+        """Load the frames of `schedule` from the backend's dataset (a range of
         dataset frames is the straight schedule) and warm up every batch shape
-        the run uses.
+        the run uses; positions 0..len(schedule)-1 given to `submit` refer to
+        its frames."""
+        from ..job import Job
 
-        Positions 0..len(schedule)-1 given to `submit` refer to its frames.
-        """
+        schedule = as_schedule(schedule)
+        sizes = batch_sizes(len(schedule), self.settings.batch)
+        self.check_batches(sizes)
+        # Before the cache: the warm-up allocates what the model needs (the
+        # cache is sized from what is left), and a CUDA graph's capture must not
+        # meet the decode-ahead thread's copies.
+        self.warm_up(sizes)
+        cache = self.load(self.dataset, schedule, progress=progress, stream=True)
+        self.job = Job(self, cache, schedule, self.dataset.features, self.stats, owns_cache=True)
 
-    @abstractmethod
+    @property
+    def schedule(self) -> Schedule | None:
+        return self.job.schedule if self.job else None
+
+    @property
+    def ring(self) -> FrameRing | None:
+        """The prepared render's frame cache."""
+        return self.job.cache.ring if self.job else None
+
     def submit(self, positions: range) -> PendingBatch:
-        """Start inference and compositing for the frames at `positions`."""
-
-    def frame_index(self, position: int) -> int:
-        """Output frame number of a prepared position."""
-        return self.schedule.outputs[position]
+        return self.job.submit(positions)
 
     def skip(self, positions: range):
-        """These frames will not be rendered (resume): free whatever holds them."""
+        self.job.skip(positions)
 
-    @abstractmethod
     def infer_only(self, positions: range):
-        """Model inputs and inference alone for these frames, completed on
-        return (the benchmark's inference-alone throughput)."""
+        self.job.infer_only(positions)
+
+    def frame_index(self, position: int) -> int:
+        return self.job.frame_index(position)
+
+    # -------------------------------------------------------------------------
 
     def close(self):
         """Free what the backend holds."""
+        self.job = None
+        for cache in list(self.caches):
+            self._drop(cache)
 
     def describe(self) -> str:
         return self.name

@@ -4,19 +4,19 @@ pool of worker threads (OpenCV and large NumPy copies release the GIL)."""
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 import cv2
 import numpy as np
 
-from ...core.contract import ROI_OFFSET, ROI_SIZE, Placement, audio_input, feather_alpha, feather_blend, \
-    prediction_to_u8, visual_input
-from ...io.dataset import PRELOAD_MEMORY_SHARE
-from ..framecache import FrameRing, HostMemory, in_flight_bytes, ring_slots
-from ...model import ModelSession
+from ...core.contract import ROI_OFFSET, ROI_SIZE, Placement, feather_alpha, feather_blend, prediction_to_u8, \
+    visual_input
 from ...core.resources import available_memory
-from ...speech.schedule import Schedule, as_schedule
+from ...io.dataset import PRELOAD_MEMORY_SHARE
+from ...model import ModelSession
+from ..framecache import HostMemory, in_flight_bytes
 from ...core.telemetry import Timer
-from .base import Backend, PendingBatch, batch_sizes
+from .base import Backend, FrameRef, PendingBatch
 
 
 def composite_frame(full: np.ndarray, crop: np.ndarray, pred: np.ndarray, placement: Placement,
@@ -39,6 +39,15 @@ def composite_frame(full: np.ndarray, crop: np.ndarray, pred: np.ndarray, placem
     return out
 
 
+def gather_crops(refs: list[FrameRef]) -> np.ndarray:
+    """The batch's cached crops (B, 328, 328, 3): a view when they lie in
+    consecutive slots of one cache, else a copy."""
+    cache, first = refs[0].cache, refs[0].slot
+    if all(r.cache is cache and r.slot == first + k for k, r in enumerate(refs)):
+        return cache.ring.crops[first : first + len(refs)]
+    return np.stack([r.cache.ring.crops[r.slot] for r in refs])
+
+
 class _CpuPending(PendingBatch):
     def __init__(self, indices: list[int], futures: list[Future], on_done):
         self.indices = indices
@@ -56,63 +65,45 @@ class _CpuPending(PendingBatch):
 class CpuBackend(Backend):
     name = "cpu"
 
-    def __init__(self, dataset, model_path, settings, stats, *, threads: int | None = None):
-        super().__init__(dataset, settings, stats)
+    def __init__(self, model_path: Path, settings, stats, dataset=None, *, threads: int | None = None):
+        super().__init__(settings, stats, dataset)
         self.session = ModelSession(model_path, ["CPUExecutionProvider"], threads=threads)
         # Frames are composited in parallel by our pool; OpenCV's own threads
         # on a 180x180 resize would only add contention.
         cv2.setNumThreads(1)
         self._pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="composite")
-        self.frames: FrameRing | None = None
+        self._memory = HostMemory()
 
-    def prepare(self, schedule: Schedule | range, progress=None):
-        ds, schedule = self.dataset, as_schedule(schedule)
-        budget, kind = self.settings.cache_budget, None
-        if budget is None:
-            budget, kind = int(PRELOAD_MEMORY_SHARE * available_memory()), "RAM"
-        count, distinct = len(schedule), len(schedule.avatar)
-        batch = min(self.settings.batch, count)
-        self.session.check_batches(batch_sizes(count, self.settings.batch))
-        reserved = in_flight_bytes(batch, self.settings.workers, self.max_in_flight, ds.width * ds.height * 3) + \
-            self.settings.output_reserve
-        slots = ring_slots(distinct, ds.frame_bytes(), budget, batch,
-                           f"caching {distinct} frames of {ds.width}x{ds.height}", kind, reserved=reserved)
-        self.schedule = schedule
-        self.frames = FrameRing(HostMemory(), ds, schedule, slots, progress)
-        for size in batch_sizes(count, self.settings.batch):
+    @property
+    def memory(self):
+        return self._memory
+
+    def free_memory(self) -> int:
+        return int(PRELOAD_MEMORY_SHARE * available_memory())
+
+    def in_flight_bytes(self, batch: int, frame_bytes: int) -> int:
+        return in_flight_bytes(batch, self.settings.workers, self.max_in_flight, frame_bytes)
+
+    def warm_up(self, sizes):
+        self.check_batches(sizes)
+        for size in sorted(sizes, reverse=True):
             self.session.warm_up(size)
 
-    def _crops(self, positions: range) -> np.ndarray:
-        slots = self.frames.slots_of(positions)
-        lo, hi = int(slots[0]), int(slots[-1]) + 1
-        if hi - lo == len(positions) and (np.diff(slots) == 1).all():
-            return self.frames.crops[lo:hi]
-        return self.frames.crops[slots]  # the batch wraps around the ring, or revisits frames
+    def infer_frames(self, refs: list[FrameRef], audio: np.ndarray) -> np.ndarray:
+        return self.session.run(visual_input(gather_crops(refs)), audio)
 
-    def infer_only(self, positions: range) -> np.ndarray:
-        self.frames.acquire(positions)
-        visual = visual_input(self._crops(positions))
-        outputs = self.schedule.outputs[positions.start : positions.stop]  # the feature rows the windows centre on
-        return self.session.run(visual, audio_input(self.dataset.features, outputs))
+    def submit_frames(self, refs, audio, stats, done=None) -> PendingBatch:
+        with Timer(stats, "inference", len(refs)):
+            pred = self.infer_frames(refs, audio)
+        futures = [self._pool.submit(self._composite, ref, pred[k], stats) for k, ref in enumerate(refs)]
+        return _CpuPending([r.index for r in refs], futures, done)
 
-    def submit(self, positions: range) -> PendingBatch:
-        outputs = [self.schedule.outputs[p] for p in positions]
-        with Timer(self.stats, "inference", len(positions)):
-            pred = self.infer_only(positions)
-        futures = [self._pool.submit(self._composite, p, pred[k]) for k, p in enumerate(positions)]
-        return _CpuPending(outputs, futures, lambda: self.frames.release(positions))
-
-    def skip(self, positions: range):
-        self.frames.release(positions)
-
-    def _composite(self, position: int, pred: np.ndarray) -> np.ndarray:
-        with Timer(self.stats, "composite", 1):
-            ring, slot = self.frames, self.frames.slot(position)
-            return composite_frame(ring.full[slot], ring.crops[slot], pred,
-                                   self.dataset.placements[self.schedule.avatar_frame(position)], self.settings.feather)
+    def _composite(self, ref: FrameRef, pred: np.ndarray, stats) -> np.ndarray:
+        with Timer(stats, "composite", 1):
+            ring = ref.cache.ring
+            return composite_frame(ring.full[ref.slot], ring.crops[ref.slot], pred, ref.placement,
+                                   self.settings.feather)
 
     def close(self):
         self._pool.shutdown(wait=True, cancel_futures=True)
-        if self.frames is not None:
-            self.frames.close()
-            self.frames = None
+        super().close()

@@ -1,9 +1,10 @@
 """Where the GPU engine runs: a CUDA device, or its simulation on the host.
 
 Both expose the same small surface, so the engine (engine/backends/gpu.py) is one
-class. Work is stream-ordered on the CUDA device: the input kernels, ONNX
-Runtime (given the same stream as `user_compute_stream`) and the composite
-kernel share the compute stream; device-to-host copies run on a second stream
+class. Work is stream-ordered on the CUDA device: the uploads of each batch's
+frame descriptors and audio windows, the visual-input kernel, ONNX Runtime
+(given the same stream as `user_compute_stream`) and the composite kernel
+share the compute stream; device-to-host copies run on a second stream
 after an event, so copying batch k overlaps computing batch k+1. The
 simulation does the same steps synchronously with NumPy buffers, ONNX Runtime
 on the CPU and the host build of the same kernels.
@@ -16,7 +17,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from ...core.contract import AUDIO_WINDOW, FEATURE_DIM, ROI_SIZE
+from ...core.contract import ROI_SIZE
 from ...io.dataset import PRELOAD_MEMORY_SHARE
 from ...core.errors import ResourceError
 from ..framecache import HostMemory
@@ -90,12 +91,17 @@ class Device(ABC):
         may be called from the decode-ahead thread."""
 
     @abstractmethod
-    def prepare_inputs(self, crops, frames, visual, audio, features, first: int, batch: int,
-                       first_index: int): ...
+    def upload(self, dst, src: np.ndarray):
+        """Copy host buffer `src` into the start of device array `dst`, in order
+        with the compute stream's work (`src` must stay untouched until then)."""
 
     @abstractmethod
-    def composite(self, full, crops, pred, frames, taps, out, first: int, batch: int, width: int,
-                  feather: int): ...
+    def prepare_visual(self, frames, visual, batch: int):
+        """Visual model input of the batch described by `frames` (gc_frame bytes)."""
+
+    @abstractmethod
+    def composite(self, frames, pred, batch: int, max_frame_bytes: int, feather: int):
+        """Composite the batch described by `frames` into each frame's output."""
 
     @abstractmethod
     def copy(self, dst, src):
@@ -161,14 +167,14 @@ class SimDevice(HostMemory, Device):
     def pointer(self, array) -> int:
         return array.ctypes.data
 
-    def prepare_inputs(self, crops, frames, visual, audio, features, first, batch, first_index):
-        self.lib.gc_host_prepare_visual(crops, frames, visual, first, batch)
-        self.lib.gc_host_prepare_audio(features, features.shape[0], audio, first_index, batch)
+    def upload(self, dst, src):
+        dst.reshape(-1)[: src.size] = src.reshape(-1)
 
-    def composite(self, full, crops, pred, frames, taps, out, first, batch, width, feather):
-        frame_bytes = full.shape[1] * full.shape[2] * 3
-        self.lib.gc_host_composite(full, crops, pred, frames, taps, out, first, batch, width, feather,
-                                   frame_bytes)
+    def prepare_visual(self, frames, visual, batch):
+        self.lib.gc_host_prepare_visual(frames, visual, batch)
+
+    def composite(self, frames, pred, batch, max_frame_bytes, feather):
+        self.lib.gc_host_composite(frames, pred, batch, feather)
 
     def copy(self, dst, src):
         np.copyto(dst, src)
@@ -288,22 +294,18 @@ class CudaDevice(Device):
             dest.set(staged, stream=self.uploader)
             self.uploader.synchronize()  # the staging buffer is reused for the next chunk
 
-    def prepare_inputs(self, crops, frames, visual, audio, features, first, batch, first_index):
-        i32 = np.int32
-        with self.compute:
-            self.kernels["gc_prepare_visual"]((_blocks(ROI_SIZE * ROI_SIZE), batch), (THREADS,),
-                                              (crops, frames, visual, i32(first)))
-            self.kernels["gc_prepare_audio"]((_blocks(AUDIO_WINDOW * FEATURE_DIM), batch), (THREADS,),
-                                             (features, i32(features.shape[0]), audio, i32(first_index)))
+    def upload(self, dst, src):
+        runtime = self.cp.cuda.runtime
+        runtime.memcpyAsync(dst.data.ptr, src.ctypes.data, src.nbytes, runtime.memcpyHostToDevice, self.compute.ptr)
 
-    def composite(self, full, crops, pred, frames, taps, out, first, batch, width, feather):
-        frame_bytes = full.shape[1] * full.shape[2] * 3
-        name = "gc_composite_vec16" if frame_bytes % 16 == 0 else "gc_composite_bytes"
-        i32 = np.int32
+    def prepare_visual(self, frames, visual, batch):
         with self.compute:
-            self.kernels[name]((_blocks((frame_bytes + 15) // 16), batch), (THREADS,),
-                               (full, crops, pred, frames, taps, out, i32(first), i32(width),
-                                i32(feather), np.int64(frame_bytes)))
+            self.kernels["gc_prepare_visual"]((_blocks(ROI_SIZE * ROI_SIZE), batch), (THREADS,), (frames, visual))
+
+    def composite(self, frames, pred, batch, max_frame_bytes, feather):
+        with self.compute:
+            self.kernels["gc_composite"]((_blocks((max_frame_bytes + 15) // 16), batch), (THREADS,),
+                                         (frames, pred, np.int32(feather)))
 
     def copy(self, dst, src):
         runtime = self.cp.cuda.runtime

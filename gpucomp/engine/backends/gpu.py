@@ -1,62 +1,74 @@
 """The GPU-resident engine.
 
-    decode once -> VRAM cache (full frames, 328 crops, features, frame descriptors, bilinear taps)
-    per batch, all on one stream:
-        prepare kernels   crops -> visual [B,6,320,320], features -> audio [B,32,16,16]
-        ONNX Runtime      IOBinding: reads those buffers, writes pred [B,3,320,320] in place
-        composite kernel  pred + template + cached frame -> output ring slot [B,H,W,3] uint8
+    decode once -> VRAM caches, one per avatar: full frames, 328 crops, and the
+                   avatar's bilinear tables
+    per batch, all on one stream (frames of any cached avatars, any sizes):
+        upload            the batch's frame descriptors (gc_frame: where each frame's
+                          pixels, tables and output lie) and its audio windows
+        prepare kernel    crops -> visual [B,6,320,320]
+        ONNX Runtime      IOBinding: reads visual and audio, writes pred [B,3,320,320] in place
+        composite kernel  pred + template + cached frame -> each frame's place in the output slot
     then, on a copy stream after an event: output slot -> pinned host slot, read by the encoders.
 
 Predictions never leave the device; only finished frames cross PCIe, once.
-The ring has `max_in_flight` slots, so memory is fixed however long the video.
-With `simulate=True` the same class runs on SimDevice (NumPy, ONNX Runtime on
-the CPU, the host build of the kernels): that is the gpu-sim backend.
+The output ring has `max_in_flight` slots, so memory is fixed however long the
+video. With `simulate=True` the same class runs on SimDevice (NumPy, ONNX
+Runtime on the CPU, the host build of the kernels): that is the gpu-sim backend.
 
-Thread rule: `prepare`, `submit` and the pending batches' `wait` run on the
-pipeline's thread only, which alone touches the session, its bindings and the
-device buffers; the encoder threads only read host ring slots that `wait` has
-handed out, and the last one to finish a batch calls `release`, which returns
-the slot with one list append (atomic under the GIL). The decode-ahead thread
-writes only cache slots the ring has freed.
+Thread rule: warm-up, `submit_frames` and the pending batches' `wait` run on
+one thread, which alone touches the session, its bindings and the device
+buffers; the encoder threads only read host slots that `wait` has handed out,
+and the last one to finish a batch calls `release`, which returns the slot
+with one list append (atomic under the GIL). The decode-ahead thread writes
+only cache slots the ring has freed.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from ...core.contract import AUDIO_SHAPE, FEATURE_DIM, PRED_SHAPE, VISUAL_SHAPE, feature_rows
-from ...core.errors import BackendUnavailable, ModelError, ResourceError
-from ..framecache import FrameRing, ring_slots
-from ..kernel_layout import pack_frames
+from ...core.contract import AUDIO_SHAPE, PRED_SHAPE, VISUAL_SHAPE
+from ...core.errors import BackendUnavailable, ModelError
 from ...model import ModelSession
 from ...model.session import WARM_UP_RUNS
-from ...speech.schedule import Schedule, as_schedule
-from .base import Backend, PendingBatch, batch_sizes
+from ..kernel_layout import CROP_BYTES, FRAME_DTYPE, aligned, fill_descriptors, output_offsets, pack_geometry
+from .base import Backend, FrameCache, FrameRef, PendingBatch
 from .devices import CudaDevice, SimDevice
 
 CUDNN_ALGOS = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
+# ONNX Runtime's CUDA graph id that runs without capturing.
+UNCAPTURED = -1
 
 
 class _GpuPending(PendingBatch):
-    def __init__(self, engine: "GpuBackend", positions: range, indices, slot, marks, copy):
+    def __init__(self, engine: "GpuBackend", refs: list[FrameRef], slot: int, offsets, marks, copy, stats, done):
         self.engine = engine
-        self._positions = positions
-        self.indices = indices
+        self.indices = [r.index for r in refs]
         self.slot = slot
+        self._refs = refs
+        self._offsets = offsets
         self._marks = marks
         self._copy = copy
+        self._stats = stats
+        self._done = done
         self._frames = None
 
     def wait(self):
         if self._frames is None:
             self._copy.wait()
-            self.engine.ring.release(self._positions)
+            if self._done:
+                self._done()
             start, inferred, composited = self._marks
             dev, n = self.engine.device, len(self.indices)
-            self.engine.stats.add("inference", dev.seconds_between(start, inferred), n)
-            self.engine.stats.add("composite", dev.seconds_between(inferred, composited), n)
+            self._stats.add("inference", dev.seconds_between(start, inferred), n)
+            self._stats.add("composite", dev.seconds_between(inferred, composited), n)
             host = self.engine.host_ring[self.slot]
-            self._frames = [host[k] for k in range(len(self.indices))]
+            self._frames = []
+            for ref, lo in zip(self._refs, self._offsets):
+                ds = ref.cache.dataset
+                self._frames.append(host[lo : lo + ds.height * ds.width * 3].reshape(ds.height, ds.width, 3))
         return self._frames
 
     def release(self):
@@ -64,90 +76,122 @@ class _GpuPending(PendingBatch):
 
 
 class GpuBackend(Backend):
-    def __init__(self, dataset, model_path, settings, stats, *, simulate: bool = False, ring: int = 3):
-        super().__init__(dataset, settings, stats)
+    def __init__(self, model_path: Path, settings, stats, dataset=None, *, simulate: bool = False, ring: int = 3):
+        super().__init__(settings, stats, dataset)
         if settings.cudnn_algo not in CUDNN_ALGOS:
             raise BackendUnavailable(f"unknown cuDNN algorithm search {settings.cudnn_algo!r} "
                                      f"(choose from {', '.join(CUDNN_ALGOS)})")
         self.name = "gpu-sim" if simulate else "gpu"
-        self.device = SimDevice() if simulate else CudaDevice()
+        self.device = dev = SimDevice() if simulate else CudaDevice()
+        self.memory_kind = dev.memory_kind
         self.cuda_graph = settings.cuda_graph and not simulate
-        self.session = ModelSession(model_path, self.device.providers(settings.cudnn_algo, self.cuda_graph,
-                                                                      settings.tf32))
+        self.session = ModelSession(model_path, dev.providers(settings.cudnn_algo, self.cuda_graph, settings.tf32))
         if not simulate and self.session.session.get_providers()[0] != "CUDAExecutionProvider":
             raise BackendUnavailable("onnxruntime could not start its CUDA provider (CUDA 13 / cuDNN 9 libraries "
                                      "missing? pip install 'onnxruntime-gpu[cuda,cudnn]')")
         if self.session.io.dtype != np.float32:
             raise ModelError(f"{model_path}: the GPU engine takes float32 models")
         self.max_in_flight = max(2, ring)
-        self.ring = None
+        batch = settings.batch
+        # The model's buffers: bound once per batch size, never reallocated (a
+        # captured CUDA graph replays these very addresses).
+        self.visual = dev.zeros((batch,) + VISUAL_SHAPE, np.float32)
+        self.audio = dev.zeros((batch,) + AUDIO_SHAPE, np.float32)
+        self.pred = dev.zeros((batch,) + PRED_SHAPE, np.float32)
+        self.bindings: dict[int, object] = {}
+        self.run_options: dict[int, object] = {}
+        # Per ring slot: the batch's descriptors and audio windows, staged in
+        # host memory the copy engine reads, and the descriptors on the device;
+        # a slot is reused only once its batch has come back, so no staging
+        # buffer is overwritten while its upload may still be queued.
+        slots = range(self.max_in_flight)
+        self.descriptors_host = [dev.host_buffer((batch * FRAME_DTYPE.itemsize,), np.uint8) for _ in slots]
+        self.descriptors = [dev.empty((batch * FRAME_DTYPE.itemsize,), np.uint8) for _ in slots]
+        self.audio_host = [dev.host_buffer((batch,) + AUDIO_SHAPE, np.float32) for _ in slots]
+        self.free_slots = list(slots)
+        # Finished frames: one device and one pinned host buffer per slot,
+        # sized for a batch of the largest frames cached (grown by load).
+        self.out_ring: list | None = None
+        self.host_ring: list | None = None
+        self.out_capacity = 0
 
     def describe(self) -> str:
         return self.device.describe()
 
-    # -- set-up -------------------------------------------------------------
+    # -- memory ---------------------------------------------------------------
 
-    def prepare(self, schedule: Schedule | range, progress=None):
-        """Model buffers, warm-up (and CUDA-graph capture), output ring, then the
-        frame cache sized from what is free after all of that.
+    @property
+    def memory(self):
+        return self.device
 
-        The order matters twice: ONNX Runtime captures a CUDA graph in global
-        mode, which any CUDA call from another thread breaks, so the warm-up
-        runs before the decode-ahead thread exists; and its activations and
-        cuDNN workspaces are allocated by the warm-up, so free memory measured
-        afterwards is what the cache may really take."""
-        ds, dev = self.dataset, self.device
-        schedule = as_schedule(schedule)
-        n = len(schedule)
-        batch = min(self.settings.batch, n)
-        if ds.width * ds.height * 3 >= 2**31:
-            raise ResourceError(f"frames of {ds.width}x{ds.height} are too large for the kernels (2 GiB per frame)")
-        self.schedule = schedule
-        self.session.check_batches(batch_sizes(n, batch))
-        # Only the feature rows this render's windows read go to the device.
-        self.feature_rows = feature_rows(schedule.outputs, ds.features.shape[0])
-        self.visual = dev.zeros((batch,) + VISUAL_SHAPE, np.float32)
-        self.audio = dev.zeros((batch,) + AUDIO_SHAPE, np.float32)
-        self.pred = dev.zeros((batch,) + PRED_SHAPE, np.float32)
-        self.bindings = {size: self._bind(size) for size in batch_sizes(n, batch)}
-        # One captured CUDA graph per batch shape (ONNX Runtime's gpu_graph_id).
-        self.run_options = {size: self.device.run_options(size if self.cuda_graph else None)
-                            for size in self.bindings}
-        self._warm_up()
+    def free_memory(self) -> int:
+        return max(0, self.device.free_memory() - self.device.headroom_bytes)
 
-        # Still to come besides the cache: the device output ring, the pinned host
-        # ring and the features.
-        reserved = (2 * self.max_in_flight * batch * ds.width * ds.height * 3
-                    + len(self.feature_rows) * FEATURE_DIM * np.dtype(np.float32).itemsize)
-        if dev.cache_in_host_ram:  # the cache shares RAM with the encoder
-            reserved += self.settings.output_reserve
-        budget, kind = self.settings.cache_budget, None
-        if budget is None:  # what is free now
-            budget, kind = max(0, dev.free_memory() - dev.headroom_bytes), dev.memory_kind
-        distinct = len(schedule.avatar)
-        what = f"caching {distinct} frames of {ds.width}x{ds.height}"
-        slots = ring_slots(distinct, ds.frame_bytes(), budget, batch, what, kind, reserved=reserved)
-        dev.check_memory(slots * ds.frame_bytes() + reserved,
-                         what if slots == distinct else f"{what} ({slots} at a time)")
-        self.out_ring = [dev.empty((batch, ds.height, ds.width, 3), np.uint8) for _ in range(self.max_in_flight)]
-        self.host_ring = [dev.host_buffer((batch, ds.height, ds.width, 3), np.uint8)
-                          for _ in range(self.max_in_flight)]
-        self.free_slots = list(range(self.max_in_flight))
-        self.features = dev.to_device(np.ascontiguousarray(ds.features[self.feature_rows.start : self.feature_rows.stop]))
-        self.ring = FrameRing(dev, ds, schedule, slots, progress)  # may start the decode-ahead thread
-        frames, taps = pack_frames(ds.placements, schedule.avatar_frames(range(n)), self.ring.slots_of(range(n)))
-        self.frames, self.taps = dev.to_device(frames), dev.to_device(taps)
+    def in_flight_bytes(self, batch: int, frame_bytes: int) -> int:
+        # The device output ring and its pinned host twin.
+        return 2 * self.max_in_flight * batch * frame_bytes
 
-    def _warm_up(self):
-        """Untimed runs of every batch shape: allocation, cuDNN algorithm search,
-        thread pools settling; with CUDA graphs ONNX Runtime captures a graph
-        after its first regular runs, which these cover."""
-        for size in self.bindings:
-            for _ in range(WARM_UP_RUNS):
-                if self.cuda_graph:
-                    self.session.run_bound(self.bindings[size], self.run_options[size],
-                                           what="capturing the model as a CUDA graph", hint="; run without --cuda-graph")
-                else:
+    def output_reserve(self) -> int:
+        # The encoder's memory is host RAM: it shares the budget only where the cache does.
+        return self.settings.output_reserve if self.device.cache_in_host_ram else 0
+
+    def _check_device_memory(self, need: int, what: str):
+        self.device.check_memory(need, what)
+
+    def _reserve_output(self, batch: int, frame_bytes: int):
+        capacity = self.settings.batch * aligned(frame_bytes)
+        if capacity <= self.out_capacity:
+            return
+        if len(self.free_slots) != self.max_in_flight:
+            raise RuntimeError("the output ring grows only while no batch is in flight")
+        dev = self.device
+        self.out_ring = self.host_ring = None  # the old buffers go before the new ones come
+        self.out_ring = [dev.empty((capacity,), np.uint8) for _ in range(self.max_in_flight)]
+        self.host_ring = [dev.host_buffer((capacity,), np.uint8) for _ in range(self.max_in_flight)]
+        self.out_capacity = capacity
+
+    def _attach(self, cache: FrameCache):
+        ds = cache.dataset
+        geometry, taps = pack_geometry(ds.placements[cache.first : cache.first + cache.count])
+        cache.geometry, cache.taps = geometry, self.device.to_device(taps)
+
+    def _release_memory(self):
+        self.device.release()
+
+    # -- set-up ---------------------------------------------------------------
+
+    def warm_up(self, sizes):
+        """Bind and warm up each new batch size, largest first.
+
+        With CUDA graphs, ONNX Runtime captures a graph id's first run after a
+        few regular runs counted per thread, not per graph id: so every new
+        size first runs uncaptured (graph id -1) until its algorithm search and
+        allocations are done, and only then once under its own graph id."""
+        new = sorted((s for s in set(sizes) if s not in self.bindings), reverse=True)
+        if not new:
+            return
+        self.check_batches(new)
+        for size in new:
+            if size > self.settings.batch:
+                raise ValueError(f"batch of {size} frames exceeds the engine's batch of {self.settings.batch}")
+            self.bindings[size] = self._bind(size)
+            self.run_options[size] = self.device.run_options(size if self.cuda_graph else None)
+        self._warm_up(new)
+
+    def _warm_up(self, sizes=None):
+        """Untimed runs of every bound batch shape (or of `sizes`)."""
+        sizes = list(sizes if sizes is not None else self.bindings)
+        if self.cuda_graph:
+            uncaptured = self.device.run_options(UNCAPTURED)
+            what, hint = "capturing the model as a CUDA graph", "; run without --cuda-graph"
+            for size in sizes:
+                for _ in range(WARM_UP_RUNS):
+                    self.session.run_bound(self.bindings[size], uncaptured, what=what, hint=hint)
+            for size in sizes:
+                self.session.run_bound(self.bindings[size], self.run_options[size], what=what, hint=hint)
+        else:
+            for size in sizes:
+                for _ in range(WARM_UP_RUNS):
                     self.session.run_bound(self.bindings[size], self.run_options[size])
         self.device.synchronize()
 
@@ -161,41 +205,64 @@ class GpuBackend(Backend):
         binding.bind_output(io.output, kind, device_id, np.float32, [size, *PRED_SHAPE], dev.pointer(self.pred))
         return binding
 
-    # -- per batch ----------------------------------------------------------
+    # -- per batch ---------------------------------------------------------------
 
-    def _infer(self, positions: range):
-        """Queue the input kernels and the model for frames already in the cache."""
-        size, first = len(positions), positions.start
-        # Frame indices relative to the uploaded rows: the kernel zero-pads outside them,
-        # exactly where it would outside the whole features (see feature_rows).
-        self.device.prepare_inputs(self.ring.crops, self.frames, self.visual, self.audio, self.features, first, size,
-                                   self.schedule.outputs[first] - self.feature_rows.start)
-        self.session.run_bound(self.bindings[size], self.run_options[size])
+    def describe_batch(self, refs: list[FrameRef], into: np.ndarray, out_base: int) -> tuple[np.ndarray, int]:
+        """Write the descriptors of `refs` into host bytes `into`, their outputs
+        going to device address `out_base` onwards; returns the output offsets
+        (and the end) and the largest frame's bytes."""
+        dev = self.device
+        sizes = [r.cache.dataset.width * r.cache.dataset.height * 3 for r in refs]
+        offsets = output_offsets(sizes)
+        pointers = {}
+        for r in refs:
+            if r.cache not in pointers:
+                ring = r.cache.ring
+                pointers[r.cache] = (dev.pointer(ring.full), dev.pointer(ring.crops), dev.pointer(r.cache.taps))
+        full, crop, taps = zip(*(pointers[r.cache] for r in refs))
+        slots = np.array([r.slot for r in refs], np.int64)
+        frame_bytes = np.array(sizes, np.int64)
+        fill_descriptors(into.view(FRAME_DTYPE),
+                         full=np.array(full, np.uint64) + (slots * frame_bytes).astype(np.uint64),
+                         crop=np.array(crop, np.uint64) + (slots * CROP_BYTES).astype(np.uint64),
+                         output=(out_base + offsets[:-1]).astype(np.uint64), taps=taps, frame_bytes=frame_bytes,
+                         width=[r.cache.dataset.width for r in refs],
+                         geometry=np.stack([r.cache.geometry[r.frame] for r in refs]))
+        return offsets, max(sizes)
 
-    def infer_only(self, positions: range):
-        self.ring.acquire(positions)
-        self._infer(positions)
-        self.device.synchronize()
-        self.ring.release(positions)
+    def _queue_inference(self, refs: list[FrameRef], audio: np.ndarray, slot: int) -> tuple[np.ndarray, int]:
+        """Queue the uploads, the visual-input kernel and the model for one batch
+        in ring slot `slot`; returns the output offsets and the largest frame's bytes."""
+        dev, n = self.device, len(refs)
+        self.warm_up({n})
+        offsets, largest = self.describe_batch(refs, self.descriptors_host[slot], dev.pointer(self.out_ring[slot]))
+        self.audio_host[slot][:n] = audio
+        dev.upload(self.descriptors[slot], self.descriptors_host[slot][: n * FRAME_DTYPE.itemsize])
+        dev.upload(self.audio, self.audio_host[slot][:n])
+        dev.prepare_visual(self.descriptors[slot], self.visual, n)
+        self.session.run_bound(self.bindings[n], self.run_options[n])
+        return offsets, largest
 
-    def submit(self, positions: range) -> PendingBatch:
+    def infer_frames(self, refs: list[FrameRef], audio: np.ndarray):
+        slot = self.free_slots.pop()
+        try:
+            self._queue_inference(refs, audio, slot)
+            self.device.synchronize()
+        finally:
+            self.free_slots.append(slot)
+
+    def submit_frames(self, refs, audio, stats, done=None) -> PendingBatch:
         if not self.free_slots:
             raise RuntimeError("more batches in flight than ring slots")  # the pipeline's window prevents it
-        dev, size, first = self.device, len(positions), positions.start
-        self.ring.acquire(positions)  # waiting for decode-ahead is not inference time
+        dev = self.device
         slot = self.free_slots.pop()
         start = dev.mark()
-        self._infer(positions)
+        offsets, largest = self._queue_inference(refs, audio, slot)
         inferred = dev.mark()
-        dev.composite(self.ring.full, self.ring.crops, self.pred, self.frames, self.taps, self.out_ring[slot], first,
-                      size, self.dataset.width, self.settings.feather)
+        dev.composite(self.descriptors[slot], self.pred, len(refs), largest, self.settings.feather)
         composited = dev.mark()
-        copy = dev.copy_to_host(self.out_ring[slot][:size], self.host_ring[slot][:size])
-        outputs = [self.schedule.outputs[p] for p in positions]
-        return _GpuPending(self, positions, outputs, slot, (start, inferred, composited), copy)
-
-    def skip(self, positions: range):
-        self.ring.release(positions)
+        copy = dev.copy_to_host(self.out_ring[slot][: offsets[-1]], self.host_ring[slot][: offsets[-1]])
+        return _GpuPending(self, refs, slot, offsets[:-1], (start, inferred, composited), copy, stats, done)
 
     def close(self):
         # Work still queued (a copy in flight on an error path) must finish
@@ -203,9 +270,8 @@ class GpuBackend(Backend):
         try:
             self.device.synchronize()
         finally:
-            if self.ring is not None:
-                self.ring.close()
-            for name in ("ring", "features", "frames", "taps", "visual", "audio", "pred", "out_ring", "host_ring",
-                         "bindings", "run_options"):
+            super().close()
+            for name in ("visual", "audio", "pred", "out_ring", "host_ring", "descriptors", "descriptors_host",
+                         "audio_host", "bindings", "run_options"):
                 setattr(self, name, None)
             self.device.release()
