@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import time
 from pathlib import Path
 
 from ..core.errors import GpucompError
@@ -274,63 +273,22 @@ def _default_format(args, fmt: str):
         args.format = fmt
 
 
-def _features_from_speech(path: Path, encoder_path: Path, backend: str, *, fps: float, smooth: bool,
-                          rate: int | None, show: bool, batch: int = 64):
-    """(M, 512) features of a speech file, and the FeatureTimes; progress on stderr."""
-    from ..speech.features import AudioEncoder, FeatureTimes, encoder_providers, speech_features
-    from ..speech.melspec import SAMPLE_RATE, mel_frames, window_count
-    from ..io.audio import load_speech
-    from ..core.telemetry import decode_progress
-
-    samples = load_speech(path, rate)
-    encoder = AudioEncoder(encoder_path, encoder_providers(backend))
-    times = FeatureTimes()
-    windows = max(1, window_count(mel_frames(len(samples)), fps))
-    report, close = decode_progress(windows, "features", show)
-    try:
-        features = speech_features(samples, encoder, fps=fps, smooth=smooth, batch=batch, times=times,
-                                   progress=report, where=str(path))
-    finally:
-        close()
-    return features, times, len(samples) / SAMPLE_RATE, encoder.provider
-
-
-def _speech_source(args, dataset, backend: str, show: bool):
-    """For --speech/--features: the dataset rendering those features, and the
-    voice track for mp4 (--audio, else the speech)."""
-    from ..io.dataset import load_features
-
-    if args.features is not None:
-        features, path = load_features(args.features), args.features
-    elif args.audio_encoder is None:
-        raise GpucompError("--speech needs --audio-encoder ENCODER.onnx to compute its features "
-                           "(or --features FILE computed earlier)")
-    else:
-        features, times, seconds, provider = _features_from_speech(
-            args.speech, args.audio_encoder, backend, fps=dataset.fps, smooth=bool(args.smooth),
-            rate=args.audio_rate, show=show)
-        path = None
-        if show:
-            print(f"features: {seconds:.2f} s of speech -> {len(features)} frames (mel {times.mel:.2f} s, "
-                  f"encoder {times.encoder:.2f} s on {provider.replace('ExecutionProvider', '')})", file=sys.stderr)
-    return dataset.with_features(features, path), args.audio or args.speech
-
-
 def _cmd_features(args) -> int:
     import io
 
     import numpy as np
 
-    from ..io.atomic import refuse_output_over_inputs, write_atomic
     from ..engine.backends import resolve
+    from ..io.atomic import refuse_output_over_inputs, write_atomic
+    from ..speech.features import AudioEncoder, compute_features, encoder_providers
 
     refuse_output_over_inputs(args.output, None, [args.audio, args.encoder])
     name, notice = resolve(args.backend)
     if notice and not args.quiet:
         print(f"note: {notice}", file=sys.stderr)
-    features, times, seconds, provider = _features_from_speech(
-        args.audio, args.encoder, name, fps=args.fps, smooth=bool(args.smooth), rate=args.audio_rate,
-        show=not args.quiet, batch=args.batch)
+    encoder = AudioEncoder(args.encoder, encoder_providers(name))
+    features, times, seconds = compute_features(args.audio, encoder, rate=args.audio_rate, fps=args.fps,
+                                                smooth=bool(args.smooth), batch=args.batch, progress=not args.quiet)
     buffer = io.BytesIO()
     np.save(buffer, features)
     try:
@@ -341,36 +299,35 @@ def _cmd_features(args) -> int:
     total = times.mel + times.encoder
     print(f"wrote {features.shape[0]} x {features.shape[1]} features ({seconds:.2f} s of speech at {args.fps:g} fps) "
           f"to {args.output}: mel {times.mel:.3f} s, encoder {times.encoder:.3f} s "
-          f"({provider.replace('ExecutionProvider', '')}), {seconds / total if total else 0:.0f}x real time")
+          f"({encoder.provider.replace('ExecutionProvider', '')}), {seconds / total if total else 0:.0f}x real time")
     return 0
 
 
 def _cmd_render(args) -> int:
+    """`render` through the Python API: one engine, one avatar, one render."""
+    from ..engine.api import Avatar, Engine
+    from ..engine.backends import resolve
+    from ..engine.render import RenderInterrupted
     from ..io.atomic import refuse_output_over_inputs
-    from ..engine.backends import RenderSettings, create, resolve
-    from ..io.dataset import Dataset
-    from ..io.encode import IMAGE_FORMATS, encoder_bytes, frame_name, open_sink, prepare_output_dir
-    from ..engine.pipeline import render
-    from .report import print_summary
-    from ..io.resume import FrameLog, run_record
-    from ..speech.schedule import Schedule
-    from ..core.telemetry import Progress, StageStats, decode_progress
+    from ..io.encode import IMAGE_FORMATS
     from ..io.video_out import STDOUT
+    from .report import print_summary
 
     _default_format(args, "png")
     # With frames on stdout, everything else goes to stderr.
     info = sys.stderr if str(args.output) == STDOUT else sys.stdout
     show = not args.quiet
 
-    def notify(text: str):  # notices go where progress goes; --quiet silences them
+    def say(text: str):  # notices and status lines go where progress goes; --quiet silences them
         if show:
-            print(f"note: {text}", file=sys.stderr)
+            print(text, file=sys.stderr)
 
     if args.audio_encoder is not None and args.speech is None:
         raise GpucompError("--audio-encoder computes features from --speech; give --speech too")
     speech = args.speech is not None or args.features is not None
-    dataset = Dataset.open(args.data, clip_rects=args.clip_rects, features=not speech)
-    avatar = dataset.select(args.start, args.frames)
+    avatar = Avatar.open(args.data, start=args.start, frames=args.frames, clip_rects=args.clip_rects,
+                         features=not speech)
+    dataset = avatar.dataset
     if str(args.output) != STDOUT:
         refuse_output_over_inputs(Path(args.output), dataset.root,
                                   [dataset.full.path, dataset.crops.path, dataset.rects_path, dataset.features_path,
@@ -378,78 +335,31 @@ def _cmd_render(args) -> int:
                                    args.features])
     if args.resume and args.format not in IMAGE_FORMATS:
         raise GpucompError(f"--resume works with png and jpg output; --format {args.format} is written whole")
+    from_speech = args.speech is not None and args.features is None
+    if from_speech and args.audio_encoder is None:
+        raise GpucompError("--speech needs --audio-encoder ENCODER.onnx to compute its features "
+                           "(or --features FILE computed earlier)")
     name, notice = resolve(args.backend)
     if notice:
-        notify(notice)
-    if speech:
-        dataset, track = _speech_source(args, dataset, name, show)
-        schedule = Schedule.speech(len(dataset.features), avatar, args.schedule)
-    else:
-        track, schedule = args.audio or dataset.audio_path, Schedule.straight(avatar)
-    if args.no_audio:
-        track = None
-    elif track is None and args.format == "mp4" and speech:
-        notify("the mp4 has no voice track: --features alone brings none; add --speech or --audio")
-    indices = schedule.outputs
-    stats = StageStats()
-    settings = RenderSettings(batch=args.batch, workers=args.workers, feather=args.feather,
-                              cudnn_algo=args.cudnn_algo.upper(), cuda_graph=args.cuda_graph, tf32=args.tf32,
-                              cache_budget=args.cache_budget,
-                              output_reserve=encoder_bytes(args.format, dataset.width, dataset.height, args.preset,
-                                                           "h264_nvenc" if args.encoder == "nvenc" else "libx264"))
-    keep = frozenset()
-    with create(name, dataset, args.model, settings, stats) as backend:
-        log = None
-        if args.format in IMAGE_FORMATS and str(args.output) != STDOUT:
-            # Recorded only now that the model has loaded: a run that fails on bad
-            # input leaves an earlier run's record, and so its resume, intact.
-            record = run_record(dataset=dataset, model_path=args.model, schedule=schedule, settings=settings,
-                                backend=name, fmt=args.format)
-            log = FrameLog(prepare_output_dir(Path(args.output)))
-            if args.resume:
-                keep = log.resume(record, {i: frame_name(i, args.format) for i in indices})
-                if len(keep) == len(indices):
-                    log.close()
-                    print(f"nothing to render: all {len(indices)} frames in {args.output} are complete", file=info)
-                    return 0
-                if show:
-                    print(f"resume: {len(keep)} of {len(indices)} frames are complete, rendering the other "
-                          f"{len(indices) - len(keep)}", file=sys.stderr)
-            else:
-                log.start(record)
-        sink = open_sink(args.format, args.output, dataset=dataset, indices=indices, workers=args.workers,
-                         stats=stats, crf=args.crf, preset=args.preset, encoder=args.encoder,
-                         audio_path=track, audio_rate=args.audio_rate, notify=notify, log=log)
+        say(f"note: {notice}")
+    with Engine(args.model, backend=name, audio_encoder=args.audio_encoder if from_speech else None,
+                batch=args.batch, workers=args.workers, feather=args.feather, cache_budget=args.cache_budget,
+                tf32=args.tf32, cuda_graph=args.cuda_graph, cudnn_algo=args.cudnn_algo) as engine:
         try:
-            if show:
-                print(f"render: {backend.describe()}, {schedule.describe()} of {dataset.root}, "
-                      f"batch {args.batch}, workers {args.workers} -> {sink.label} ({args.format})", file=sys.stderr)
-            t0 = time.perf_counter()
-            report, close = decode_progress(len(schedule.avatar), "load", show)
-            try:
-                backend.prepare(schedule, report)
-            finally:
-                close()
-            prepared = time.perf_counter() - t0
-        except BaseException:
-            sink.abort()
-            raise
-        progress = Progress(len(indices) - len(keep), stats, enabled=show)
-        try:
-            result = render(backend, len(indices), sink, batch=args.batch, progress=progress, keep=keep)
-        except KeyboardInterrupt:
-            progress.close()
-            if args.format in IMAGE_FORMATS:
-                print(f"interrupted: {sink.written} frames were written completely to {sink.label}; "
-                      f"--resume renders the rest", file=sys.stderr)
-            elif str(args.output) == STDOUT:
-                print(f"interrupted: {sink.written} frames were written to stdout", file=sys.stderr)
-            else:
-                print(f"interrupted: the unfinished {sink.label} was removed ({sink.written} frames had been "
-                      f"encoded)", file=sys.stderr)
+            result = engine.render(
+                avatar, args.output, speech=args.speech if from_speech else None, features=args.features,
+                format=args.format, schedule=args.schedule, smooth=bool(args.smooth),
+                # --speech beside --features is the voice track
+                audio=args.audio or (args.speech if args.features is not None else None),
+                audio_rate=args.audio_rate, voice_track=not args.no_audio, crf=args.crf, preset=args.preset,
+                encoder=args.encoder, resume=args.resume, progress=show, on_message=say)
+        except RenderInterrupted as stop:
+            print(f"interrupted: {stop.describe()}", file=sys.stderr)
             return EXIT_INTERRUPTED
-        progress.close()
-    print_summary(result, backend_name=backend.describe(), prepare_seconds=prepared, stream=info)
+    if result.kept and not result.frames:
+        print(f"nothing to render: all {result.kept} frames in {args.output} are complete", file=info)
+        return 0
+    print_summary(result, backend_name=result.backend, prepare_seconds=result.prepare_seconds, stream=info)
     return 0
 
 

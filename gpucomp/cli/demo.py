@@ -1,4 +1,4 @@
-"""Built-in demo assets, built once and cached: a synthetic dataset and a model.
+"""Built-in demo assets, built once and cached: a synthetic dataset, models, speech.
 
 The cache lives in $GPUCOMP_CACHE, else $XDG_CACHE_HOME/gpucomp, else
 ~/.cache/gpucomp. Entries are built under a temporary name and renamed into
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.resources import cache_dir
@@ -104,3 +105,21 @@ def demo_speech(seconds: float = 8.0, seed: int = 0, quiet: bool = False) -> Pat
     final.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(final, buffer.getvalue())
     return final
+
+
+@dataclass(frozen=True)
+class DemoAssets:
+    """Paths of the built-in demo: an avatar folder (a synthetic dataset with its
+    own features), a lip-sync model, the audio encoder and a wav of speech."""
+
+    avatar: Path
+    model: Path
+    audio_encoder: Path
+    speech: Path
+
+
+def demo_assets(*, frames: int = 100, width_mult: float = 1.0, speech_seconds: float = 8.0,
+                quiet: bool = True) -> DemoAssets:
+    """The demo assets, built once and cached (see `cache_dir`)."""
+    return DemoAssets(demo_dataset(frames, quiet=quiet), demo_model(width_mult, quiet=quiet),
+                      demo_audio_encoder(quiet=quiet), demo_speech(speech_seconds, quiet=quiet))

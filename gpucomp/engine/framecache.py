@@ -19,6 +19,7 @@ that nobody can read.
 
 from __future__ import annotations
 
+import mmap
 import threading
 
 import numpy as np
@@ -33,10 +34,21 @@ DECODE_CHUNK = 16  # frames decoded (and uploaded) per step
 
 
 class HostMemory:
-    """Slots in host RAM (NumPy): decoding writes straight into them."""
+    """Slots in host RAM (NumPy): decoding writes straight into them.
+
+    Caches are mapped from the kernel directly rather than taken from the
+    C heap, so an unloaded avatar's memory goes back to the system at once
+    instead of staying in the allocator's free lists of a long-lived process."""
 
     def empty(self, shape, dtype):
-        return np.empty(shape, dtype)
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if nbytes < 1 << 20:
+            return np.empty(shape, dtype)
+        try:
+            mapped = mmap.mmap(-1, nbytes)
+        except OSError as exc:  # ENOMEM: what np.empty would call a MemoryError
+            raise MemoryError(f"cannot map {nbytes} bytes ({exc.strerror or exc})") from None
+        return np.frombuffer(mapped, dtype).reshape(shape)  # the array keeps the mapping alive
 
     def staging(self, dest, name):
         return dest

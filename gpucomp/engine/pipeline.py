@@ -1,9 +1,9 @@
-"""Drives batches through a backend into a frame sink, overlapping the stages.
+"""Drives the batches of a job into a frame sink, overlapping the stages.
 
-    submit(k+1)  ->  backend computes batch k+1
+    submit(k+1)  ->  the backend computes batch k+1
     hand over k  ->  sink encodes and writes batch k on its worker threads
 
-At most `backend.max_in_flight` batches are submitted and not yet saved, so
+At most `job.max_in_flight` batches are submitted and not yet saved, so
 memory stays fixed however long the video. The pipeline knows nothing about
 CuPy, OpenCV or ONNX Runtime.
 """
@@ -15,15 +15,21 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from .backends.base import Backend, PendingBatch
+from .backends.base import PendingBatch
 from ..core.telemetry import Progress, StageStats
 
 
 @dataclass
 class RenderResult:
-    frames: int          # frames written completely
-    seconds: float       # wall time of the render loop (no preload, no warm-up)
-    stats: StageStats
+    """What a render did."""
+
+    frames: int          # frames written completely by this run
+    seconds: float       # wall time of the render loop (no load, no warm-up)
+    stats: StageStats    # busy time per stage (they overlap)
+    kept: int = 0                 # frames already complete from an interrupted run (resume)
+    prepare_seconds: float = 0.0  # decoding the frames into the cache and warming up, outside `seconds`
+    backend: str = ""             # the backend that ran, described
+    output: str = ""              # where the frames went
 
     @property
     def fps(self) -> float:
@@ -59,9 +65,11 @@ class _BatchHandover:
                 sink.submit(index, frame, self.frame_done)
 
 
-def render(backend: Backend, count: int, sink, *, batch: int, progress: Progress | None = None,
+def render(job, count: int, sink, *, batch: int, progress: Progress | None = None,
            keep: frozenset[int] = frozenset()) -> RenderResult:
-    """Render positions 0..count-1 of the backend's prepared frames into `sink`.
+    """Render positions 0..count-1 of `job` (a Job, or a backend prepared for
+    one render: anything with submit, skip, frame_index, max_in_flight, stats)
+    into `sink`.
 
     `keep`: dataset indices whose output is already complete (resume). Batches
     keep the same boundaries as a full run, so a batch with any frame missing is
@@ -71,7 +79,7 @@ def render(backend: Backend, count: int, sink, *, batch: int, progress: Progress
     On any exception (Ctrl-C included) frames not yet handed to the sink are
     dropped, frames being written are completed, and the exception propagates.
     """
-    window = threading.Semaphore(max(2, backend.max_in_flight))
+    window = threading.Semaphore(max(2, job.max_in_flight))
     waiting: deque[PendingBatch] = deque()  # submitted, not yet handed to the sink
     start = time.perf_counter()
     ok = False
@@ -82,12 +90,12 @@ def render(backend: Backend, count: int, sink, *, batch: int, progress: Progress
     try:
         for first in range(0, count, batch):
             positions = range(first, min(first + batch, count))
-            if keep and all(backend.frame_index(p) in keep for p in positions):
-                backend.skip(positions)
+            if keep and all(job.frame_index(p) in keep for p in positions):
+                job.skip(positions)
                 continue
             sink.check()
             window.acquire()
-            waiting.append(backend.submit(positions))
+            waiting.append(job.submit(positions))
             if len(waiting) > 1:  # keep one batch computing while the previous one saves
                 hand_over()
         while waiting:
@@ -97,4 +105,4 @@ def render(backend: Backend, count: int, sink, *, batch: int, progress: Progress
     finally:
         if not ok:
             sink.abort()
-    return RenderResult(sink.written, time.perf_counter() - start, backend.stats)
+    return RenderResult(sink.written, time.perf_counter() - start, job.stats)

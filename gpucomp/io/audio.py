@@ -72,6 +72,13 @@ def load_speech(path: Path, rate: int | None = None) -> np.ndarray:
     return read_audio(path, rate, resample_to=SPEECH_RATE, noun="speech").samples
 
 
+def resample(samples: np.ndarray, rate: int, to_rate: int) -> np.ndarray:
+    """Mono float32 samples at `rate` -> at `to_rate` (libswresample, as files are)."""
+    if rate == to_rate:
+        return samples
+    return _resample(samples.reshape(-1, 1), rate, to_rate, Path("speech"))[:, 0]
+
+
 def _check_channels(path: Path, count: int):
     if count > MAX_CHANNELS:
         raise DatasetError(f"{path}: has {count} channels; audio may have at most {MAX_CHANNELS} "

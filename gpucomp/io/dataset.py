@@ -168,9 +168,10 @@ class Dataset:
         return self.full.fps
 
     @classmethod
-    def open(cls, root: Path, *, clip_rects: bool = False, features: bool = True) -> "Dataset":
-        """Open and validate a dataset; features=False when the render brings its
-        own (speech), so aud_ave.npy is neither needed nor read."""
+    def open(cls, root: Path, *, clip_rects: bool = False, features: bool | None = True) -> "Dataset":
+        """Open and validate a dataset. features=True: aud_ave.npy must be there;
+        False: the render brings its own (speech), so it is neither needed nor
+        read; None: read when present (an avatar folder may have none)."""
         root = Path(root)
         if not root.is_dir():
             raise DatasetError(f"{root}: dataset directory not found")
@@ -197,6 +198,8 @@ class Dataset:
                                    f"has {len(raw)} rectangles")
         placements = [place(r, full.width, full.height, clip=clip_rects, where=f"{rects_path}: frame {i}")
                       for i, r in enumerate(raw)]
+        if features is None:
+            features = (root / FEATURES_FILE).exists()
         features_path = root / FEATURES_FILE if features else None
         rows = load_features(features_path) if features else np.zeros((0, FEATURE_DIM), np.float32)
         audio = next((root / n for n in AUDIO_FILES if (root / n).is_file()), None)

@@ -142,13 +142,13 @@ class ImageSequenceSink:
 
 
 def open_sink(fmt: str, output, *, dataset, indices: range, workers: int, stats: StageStats, crf: int = 18,
-              preset: str = "medium", encoder: str = "auto", audio_path=None, audio_rate=None,
+              preset: str = "medium", encoder: str = "auto", audio=None, audio_rate=None,
               notify=None, log=None):
     """The sink for --format: an image sequence directory, an MP4 file, or a
     Y4M/raw stream to a file or stdout ('-'). `notify(text)` receives notices.
 
-    mp4 carries `audio_path` (None: no track), the span of output frames
-    `indices` on its timeline."""
+    mp4 carries `audio`, a file or an AudioTrack (None: no track), the span
+    of output frames `indices` on its timeline."""
     from .video_out import STDOUT, Mp4Sink, StreamSink, choose_encoder
 
     if fmt in IMAGE_FORMATS:
@@ -162,10 +162,11 @@ def open_sink(fmt: str, output, *, dataset, indices: range, workers: int, stats:
     if str(output) == STDOUT:
         raise OutputError("mp4 cannot be streamed to stdout (the index is written last); use y4m or raw")
     track = None
-    if audio_path is not None:
-        from .audio import check_aac_rate, load_audio
+    if audio is not None:
+        from .audio import AudioTrack, check_aac_rate, load_audio
 
-        track = load_audio(audio_path, audio_rate).segment(indices.start / dataset.fps, len(indices) / dataset.fps)
+        whole = audio if isinstance(audio, AudioTrack) else load_audio(audio, audio_rate)
+        track = whole.segment(indices.start / dataset.fps, len(indices) / dataset.fps)
         check_aac_rate(track.rate)
     name, notice = choose_encoder(encoder)
     if notice and notify:

@@ -122,6 +122,41 @@ def speech_features(samples: np.ndarray, encoder: AudioEncoder, *, fps: float = 
     return pad_rows(rows)
 
 
+def compute_features(speech, encoder: AudioEncoder, *, rate: int | None = None, fps: float = 25.0,
+                     smooth: bool = False, batch: int = ENCODER_BATCH,
+                     progress: bool = False) -> tuple[np.ndarray, FeatureTimes, float]:
+    """(features, times, seconds of speech) of `speech`: a path (any audio file,
+    or an .npy of samples at `rate`) or a 1-D float array at `rate` (default
+    16 kHz); other rates are resampled. `progress` draws a bar on stderr."""
+    from ..core.telemetry import decode_progress
+    from ..io.audio import load_speech, resample
+
+    if isinstance(speech, (str, Path)):
+        samples, where = load_speech(Path(speech), rate), str(speech)
+    else:
+        samples, where = resample(speech_samples(speech), rate or melspec.SAMPLE_RATE, melspec.SAMPLE_RATE), "speech"
+    times = FeatureTimes()
+    windows = max(1, melspec.window_count(melspec.mel_frames(len(samples)), fps))
+    report, close = decode_progress(windows, "features", progress)
+    try:
+        features = speech_features(samples, encoder, fps=fps, smooth=smooth, batch=batch, times=times,
+                                   progress=report, where=where)
+    finally:
+        close()
+    return features, times, len(samples) / melspec.SAMPLE_RATE
+
+
+def speech_samples(samples) -> np.ndarray:
+    """A 1-D float array of speech as float32, or a DatasetError saying what is wrong."""
+    samples = np.asarray(samples)
+    if samples.ndim != 1 or not np.issubdtype(samples.dtype, np.floating) or samples.size == 0:
+        raise DatasetError(f"speech samples must be a non-empty 1-D float array, got {samples.shape} {samples.dtype}")
+    bad = ~np.isfinite(samples)
+    if bad.any():
+        raise DatasetError(f"speech sample {int(np.argwhere(bad)[0][0])} is NaN or infinite")
+    return samples.astype(np.float32, copy=False)
+
+
 def encoder_providers(backend: str) -> list:
     """ONNX Runtime providers for the encoder on `backend` (gpu: CUDA)."""
     if backend == "gpu":

@@ -131,9 +131,9 @@ class Backend(ABC):
     def in_flight_bytes(self, batch: int, frame_bytes: int) -> int:
         """Bytes of finished frames of `frame_bytes` each that batches of `batch` hold in flight."""
 
-    def output_reserve(self) -> int:
-        """The encoder's own memory, when it shares the caches' memory."""
-        return self.settings.output_reserve
+    def output_reserve(self, nbytes: int) -> int:
+        """Of the encoder's `nbytes`, what counts against the caches' memory."""
+        return nbytes
 
     @property
     def held_bytes(self) -> int:
@@ -148,14 +148,14 @@ class Backend(ABC):
         return self.free_memory(), self.memory_kind
 
     def load(self, dataset: Dataset, frames: Schedule | range, *, progress=None, stream: bool = False,
-             what: str | None = None) -> FrameCache:
+             what: str | None = None, output_reserve: int | None = None) -> FrameCache:
         """Decode the avatar frames that `frames` uses into a new cache.
 
         stream=False: all of them stay cached (a resident avatar), or a
         ResourceError with the numbers when they do not fit. stream=True (one
         render): a ring that decodes ahead when they do not fit; `frames` is
-        then that render's schedule, and the finished frames in flight and the
-        encoder's memory count too."""
+        then that render's schedule, and the encoder's memory (`output_reserve`,
+        default the settings') counts too, where it shares the caches' memory."""
         schedule = as_schedule(frames)
         width, height = dataset.width, dataset.height
         if width * height * 3 >= 2**31:
@@ -166,7 +166,7 @@ class Backend(ABC):
         reserve = max(0, self.in_flight_bytes(batch, max(out_bytes, self._reserve_frame_bytes))
                       - self.in_flight_bytes(batch, self._reserve_frame_bytes))
         if stream:
-            reserve += self.output_reserve()
+            reserve += self.output_reserve(self.settings.output_reserve if output_reserve is None else output_reserve)
         room, kind = self._room()
         what = what or f"caching {distinct} frames of {width}x{height}"
         if stream:

@@ -131,9 +131,9 @@ class GpuBackend(Backend):
         # The device output ring and its pinned host twin.
         return 2 * self.max_in_flight * batch * frame_bytes
 
-    def output_reserve(self) -> int:
+    def output_reserve(self, nbytes: int) -> int:
         # The encoder's memory is host RAM: it shares the budget only where the cache does.
-        return self.settings.output_reserve if self.device.cache_in_host_ram else 0
+        return nbytes if self.device.cache_in_host_ram else 0
 
     def _check_device_memory(self, need: int, what: str):
         self.device.check_memory(need, what)

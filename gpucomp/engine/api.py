@@ -1,0 +1,385 @@
+"""The Python API: one model loaded once, many avatars, frames on demand.
+
+    with gpucomp.Engine("unet328.onnx", audio_encoder="ave.onnx") as engine:
+        avatar = engine.load_avatar("avatars/anna")              # decoded once, cached (VRAM on gpu)
+        engine.render(avatar, "anna.mp4", speech="hello.wav", format="mp4")
+        for frame in engine.frames(avatar, engine.features("hi.wav", fps=avatar.fps)):
+            ...                                                  # (H, W, 3) uint8 BGR
+        frames = engine.composite([gpucomp.FrameRequest(avatar, 7, window), ...])
+
+An `Engine` owns one backend: the model session, the kernels, and the frame
+caches of every avatar loaded into it, under one memory budget. It is used
+from one thread at a time.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..core.contract import AUDIO_SHAPE, AUDIO_WINDOW, FEATURE_DIM, audio_window_rows
+from ..core.errors import DatasetError, GpucompError
+from ..core.telemetry import StageStats, decode_progress
+from ..io.dataset import Dataset, load_features
+from ..speech.schedule import KINDS as SCHEDULE_KINDS, Schedule
+from .backends import RenderSettings, create, resolve
+from .backends.base import FrameCache, FrameRef, batch_sizes
+from .job import Job
+from .pipeline import RenderResult
+
+CUDNN_ALGOS = ("exhaustive", "heuristic", "default")
+
+
+def audio_window(features: np.ndarray, k: int) -> np.ndarray:
+    """The model's audio input for output frame k: feature rows k-8 .. k+7 as a
+    (16, 512) float32 array, zeros where a row does not exist (PIPELINE.md, step 4)."""
+    features = np.asarray(features)
+    if features.ndim != 2 or features.shape[1] != FEATURE_DIM:
+        raise ValueError(f"features must have shape (M, {FEATURE_DIM}), got {features.shape}")
+    window = np.zeros((AUDIO_WINDOW, FEATURE_DIM), np.float32)
+    lo, hi, at = audio_window_rows(int(k), features.shape[0])
+    window[at : at + (hi - lo)] = features[lo:hi]
+    return window
+
+
+class Avatar:
+    """An avatar folder (a dataset, or one `prepare` made), validated as `render`
+    validates it; resident once an engine has cached its frames.
+
+    Frames are numbered 0 .. len(avatar)-1 from its first frame (`start`)."""
+
+    def __init__(self, dataset: Dataset, frames: range):
+        self.dataset = dataset
+        self.range = frames          # the dataset frames it shows
+        self.cache: FrameCache | None = None
+        self.engine: Engine | None = None
+
+    @classmethod
+    def open(cls, path, *, start: int | None = None, frames: int | None = None, clip_rects: bool = False,
+             features: bool | None = None) -> "Avatar":
+        """Open and validate without caching anything. `features`: None reads the
+        folder's own aud_ave.npy when present, True requires it, False ignores it."""
+        dataset = Dataset.open(Path(path), clip_rects=clip_rects, features=features)
+        return cls(dataset, dataset.select(start or 0, frames))
+
+    @property
+    def path(self) -> Path:
+        return self.dataset.root
+
+    @property
+    def start(self) -> int:
+        return self.range.start
+
+    @property
+    def width(self) -> int:
+        return self.dataset.width
+
+    @property
+    def height(self) -> int:
+        return self.dataset.height
+
+    @property
+    def fps(self) -> float:
+        return self.dataset.fps
+
+    @property
+    def features(self) -> np.ndarray | None:
+        """Its own features (aud_ave.npy, (M, 512)), or None when it has none."""
+        return self.dataset.features if self.dataset.features_path is not None else None
+
+    @property
+    def resident(self) -> bool:
+        return self.cache is not None
+
+    @property
+    def nbytes(self) -> int:
+        """Memory its cache takes (0 when not resident)."""
+        return self.cache.nbytes if self.cache is not None else 0
+
+    def __len__(self) -> int:
+        return len(self.range)
+
+    def __repr__(self) -> str:
+        where = f", resident in {self.engine.backend}" if self.resident else ""
+        return f"Avatar({str(self.path)!r}, frames {self.range.start}..{self.range.stop - 1}, " \
+               f"{self.width}x{self.height} at {self.fps:g} fps{where})"
+
+
+@dataclass(frozen=True)
+class FrameRequest:
+    """One frame for `Engine.composite`: avatar frame `frame` (0 .. len(avatar)-1)
+    of a resident avatar, with the model's audio input `audio`, the (16, 512)
+    window that `audio_window(features, k)` builds for output frame k."""
+
+    avatar: Avatar
+    frame: int
+    audio: np.ndarray
+
+
+class Engine:
+    """One lip-sync model (and optionally its audio encoder), loaded once, with
+    the kernels built once, serving any number of avatars.
+
+    backend: "auto" (gpu when a CUDA device is usable, else cpu), "cpu", "gpu"
+    or "gpu-sim"; `engine.backend` is the one chosen and `engine.notice` says
+    why auto fell back, or None. batch: frames per model call; workers:
+    compositing and encoding threads; feather: blend the face edge over K
+    pixels (0: the exact contract); cache_budget: bytes every cached avatar and
+    the frames in flight may take together (None: what is free); tf32,
+    cuda_graph, cudnn_algo: the GPU engine's model settings.
+    """
+
+    def __init__(self, model, *, backend: str = "auto", audio_encoder=None, batch: int = 4, workers: int = 4,
+                 feather: int = 0, cache_budget: int | None = None, tf32: bool = True, cuda_graph: bool = False,
+                 cudnn_algo: str = "exhaustive"):
+        _check_int("batch", batch, 1, 256)
+        _check_int("workers", workers, 1, 256)
+        _check_int("feather", feather, 0, 64)
+        if cache_budget is not None and (not isinstance(cache_budget, int) or cache_budget <= 0):
+            raise GpucompError(f"cache_budget must be a positive number of bytes or None, got {cache_budget!r}")
+        if cudnn_algo.lower() not in CUDNN_ALGOS:
+            raise GpucompError(f"cudnn_algo must be one of {', '.join(CUDNN_ALGOS)}, got {cudnn_algo!r}")
+        name, self.notice = resolve(backend)
+        self.model_path = Path(model)
+        self.settings = RenderSettings(batch=batch, workers=workers, feather=feather, cudnn_algo=cudnn_algo.upper(),
+                                       cuda_graph=cuda_graph, tf32=tf32, cache_budget=cache_budget)
+        self.stats = StageStats()
+        self._backend = create(name, None, self.model_path, self.settings, self.stats)
+        try:
+            self.encoder = None
+            if audio_encoder is not None:
+                from ..speech.features import AudioEncoder, encoder_providers
+
+                self.encoder = AudioEncoder(Path(audio_encoder), encoder_providers(name))
+        except BaseException:
+            self._backend.close()
+            raise
+        self.avatars: list[Avatar] = []
+
+    @property
+    def backend(self) -> str:
+        """The backend in use: cpu, gpu or gpu-sim."""
+        return self._backend.name
+
+    def describe(self) -> str:
+        """The backend in a few words (the device, for gpu)."""
+        return self._backend.describe()
+
+    @property
+    def memory_used(self) -> int:
+        """Bytes the cached avatars and the frames in flight take of the budget."""
+        return self._backend.held_bytes
+
+    # -- avatars -------------------------------------------------------------------
+
+    def load_avatar(self, path, *, start: int | None = None, frames: int | None = None,
+                    clip_rects: bool = False, progress: bool = False) -> Avatar:
+        """Validate an avatar folder (a dataset, or one `prepare` made) and
+        cache its frames, or frames start .. start+frames-1 of it, in the
+        engine's memory (VRAM on gpu, RAM on cpu). An avatar that does not fit
+        the budget beside those already loaded is refused with the numbers,
+        and nothing loaded is disturbed."""
+        avatar = path if isinstance(path, Avatar) else Avatar.open(path, start=start, frames=frames,
+                                                                   clip_rects=clip_rects)
+        if avatar.resident:
+            raise GpucompError(f"{avatar.path}: is already loaded")
+        self._backend.warm_up({self.settings.batch})  # what the model needs is taken before the cache is sized
+        what = f"loading avatar {avatar.path} ({len(avatar)} frames of {avatar.width}x{avatar.height})"
+        report, close = decode_progress(len(avatar), "load", progress)
+        try:
+            avatar.cache = self._backend.load(avatar.dataset, avatar.range, progress=report, what=what)
+        finally:
+            close()
+        avatar.engine = self
+        self.avatars.append(avatar)
+        return avatar
+
+    def unload(self, avatar: Avatar):
+        """Free what the avatar's cache holds; it may be loaded again later."""
+        if avatar.engine is not self or avatar.cache is None:
+            raise GpucompError(f"{avatar.path}: is not loaded in this engine")
+        self._backend.unload(avatar.cache)
+        avatar.cache, avatar.engine = None, None
+        self.avatars.remove(avatar)
+
+    # -- speech --------------------------------------------------------------------
+
+    def features(self, speech, *, rate: int | None = None, smooth: bool = False, fps: float = 25.0,
+                 progress: bool = False) -> np.ndarray:
+        """(M, 512) float32 audio features of `speech` (a path to any audio file
+        or an .npy of samples, or a 1-D float array) at `fps` video frames per
+        second: what `python -m gpucomp features` computes. `rate`: the sample
+        rate of an array or .npy (default 16 kHz); other rates are resampled."""
+        return self._speech_features(speech, rate=rate, smooth=smooth, fps=fps, progress=progress)[0]
+
+    def _speech_features(self, speech, *, rate, smooth, fps, progress):
+        """(features, FeatureTimes, seconds of speech, provider)."""
+        from ..speech.features import compute_features
+
+        if self.encoder is None:
+            raise GpucompError("computing features from speech needs an audio encoder: "
+                               "Engine(model, audio_encoder=ENCODER.onnx)")
+        features, times, seconds = compute_features(speech, self.encoder, rate=rate, fps=fps, smooth=smooth,
+                                                    progress=progress)
+        return features, times, seconds, self.encoder.provider
+
+    # -- frames --------------------------------------------------------------------
+
+    def _plan(self, avatar: Avatar, features, schedule: str) -> tuple[np.ndarray, Schedule]:
+        """(features, schedule): the avatar's own features straight through, or
+        other features ((M, 512) array or .npy path) over it as `schedule`."""
+        if features is None:
+            own = avatar.features
+            if own is None:
+                raise DatasetError(f"{avatar.path}: has no features of its own (aud_ave.npy); "
+                                   f"give speech or features")
+            return own, Schedule.straight(avatar.range)
+        if schedule not in SCHEDULE_KINDS:
+            raise GpucompError(f"schedule must be one of {', '.join(SCHEDULE_KINDS)}, got {schedule!r}")
+        features = _features_array(features)
+        return features, Schedule.speech(len(features), avatar.range, schedule)
+
+    def _start(self, avatar: Avatar, features: np.ndarray, plan: Schedule, stats: StageStats, *,
+               progress: bool = False, output_reserve: int = 0) -> Job:
+        """A job rendering `plan`: on the avatar's cache when it is resident,
+        else on a cache decoded for this job alone (a bounded ring when the
+        frames do not fit); every batch size it uses warmed up first."""
+        if avatar.resident and avatar.engine is not self:
+            raise GpucompError(f"{avatar.path}: is loaded in another engine")
+        sizes = batch_sizes(len(plan), self.settings.batch)
+        self._backend.check_batches(sizes)
+        # Before any cache: the warm-up takes what the model needs (a cache is
+        # sized from what is left), and a CUDA graph's capture must not meet
+        # the decode-ahead thread's copies.
+        self._backend.warm_up(sizes)
+        if avatar.resident:
+            return Job(self._backend, avatar.cache, plan, features, stats)
+        report, close = decode_progress(len(plan.avatar), "load", progress)
+        try:
+            cache = self._backend.load(avatar.dataset, plan, progress=report, stream=True,
+                                       output_reserve=output_reserve)
+        finally:
+            close()
+        return Job(self._backend, cache, plan, features, stats, owns_cache=True)
+
+    def frames(self, avatar: Avatar, features=None, *, schedule: str = "pingpong") -> Iterator[np.ndarray]:
+        """The finished frames (H, W, 3 uint8 BGR) in order: the avatar with its
+        own features (features=None), or saying `features` ((M, 512) array or
+        .npy path: M frames, the avatar played as `schedule`). An avatar that
+        is not resident is decoded for this iteration alone."""
+        job = self._start(avatar, *self._plan(avatar, features, schedule), StageStats())
+        batch, count = self.settings.batch, len(job)
+        waiting: deque = deque()
+        try:
+            for first in range(0, count, batch):
+                waiting.append(job.submit(range(first, min(first + batch, count))))
+                if len(waiting) > 1:  # one batch computes while the previous one is handed out
+                    yield from _take(waiting.popleft())
+            while waiting:
+                yield from _take(waiting.popleft())
+        finally:
+            for pending in waiting:  # stopped early: let queued work finish before the buffers go
+                pending.wait()
+                pending.release()
+            job.close()
+
+    def composite(self, requests: Sequence[FrameRequest]) -> list[np.ndarray]:
+        """Frames of resident avatars, in order, each (H, W, 3) uint8 BGR: the
+        batch primitive a live scheduler calls. Requests of different avatars
+        and frame sizes share model calls and composite launches (up to
+        `batch` frames each); every frame equals that frame rendered alone."""
+        refs, windows = [], []
+        for k, request in enumerate(requests):
+            avatar = request.avatar
+            if not isinstance(avatar, Avatar) or avatar.engine is not self or avatar.cache is None:
+                raise GpucompError(f"request {k}: its avatar is not loaded in this engine (engine.load_avatar)")
+            if not 0 <= int(request.frame) < len(avatar):
+                raise GpucompError(f"request {k}: frame {request.frame} is outside the avatar's frames "
+                                   f"0..{len(avatar) - 1}")
+            audio = np.asarray(request.audio, dtype=np.float32)
+            if audio.shape != (AUDIO_WINDOW, FEATURE_DIM):
+                raise GpucompError(f"request {k}: audio must be a ({AUDIO_WINDOW}, {FEATURE_DIM}) window "
+                                   f"(gpucomp.audio_window), got {audio.shape}")
+            refs.append(FrameRef(avatar.cache, int(request.frame), int(request.frame), k))
+            windows.append(audio)
+        frames: list[np.ndarray] = []
+        batch = self.settings.batch
+        for first in range(0, len(refs), batch):
+            chunk = refs[first : first + batch]
+            audio = np.stack(windows[first : first + batch]).reshape((len(chunk),) + AUDIO_SHAPE)
+            frames.extend(_take(self._backend.submit_frames(chunk, audio, self.stats)))
+        return frames
+
+    # -- files ----------------------------------------------------------------------
+
+    def render(self, avatar: Avatar, output, *, speech=None, features=None, format: str = "png",
+               schedule: str = "pingpong", smooth: bool = False, audio=None, audio_rate: int | None = None,
+               voice_track: bool = True, crf: int = 18, preset: str = "medium", encoder: str = "auto",
+               resume: bool = False, progress: bool = False,
+               on_message: Callable[[str], None] | None = None) -> RenderResult:
+        """Everything the `render` command does, into `output`: a folder of
+        frame_XXXXX.png/jpg, an mp4 (with the voice track), or a y4m/raw stream
+        ('-': stdout). With `speech` (a path or samples at `audio_rate`, 16 kHz
+        by default) or `features`, the avatar says it (played as `schedule`);
+        with neither, it is rendered with its own features. `audio`: the mp4's
+        voice track (default: the speech, else the avatar's own track).
+        `resume` keeps the frames an interrupted png/jpg render finished.
+        `on_message(text)` receives notices and status lines; `progress` draws
+        bars on stderr. Ctrl-C raises RenderInterrupted (a KeyboardInterrupt)
+        saying what was written."""
+        from .render import render_to
+
+        return render_to(self, avatar, output, speech=speech, features=features, fmt=format, schedule=schedule,
+                         smooth=smooth, audio=audio, audio_rate=audio_rate, voice_track=voice_track, crf=crf,
+                         preset=preset, encoder=encoder, resume=resume, progress=progress,
+                         on_message=on_message)
+
+    # -------------------------------------------------------------------------------
+
+    def close(self):
+        """Free every cache, the model and the device buffers."""
+        for avatar in list(self.avatars):
+            avatar.cache, avatar.engine = None, None
+        self.avatars.clear()
+        self._backend.close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Engine({str(self.model_path)!r}, backend={self.backend!r}, avatars={len(self.avatars)})"
+
+
+def _take(pending) -> list[np.ndarray]:
+    """A batch's frames as the caller's own arrays; its buffers go back to the engine."""
+    try:
+        return [np.array(frame, copy=True) for frame in pending.wait()]
+    finally:
+        pending.release()
+
+
+def _check_int(name: str, value, lo: int, hi: int):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+        raise GpucompError(f"{name} must be an integer in {lo}..{hi}, got {value!r}")
+
+
+def _features_array(features) -> np.ndarray:
+    """(M, 512) float32 features from an array or an .npy path, checked."""
+    if isinstance(features, (str, Path)):
+        return load_features(Path(features))
+    array = np.asarray(features)
+    if array.ndim != 2 or array.shape[1] != FEATURE_DIM or array.shape[0] == 0:
+        raise GpucompError(f"features must have shape (M, {FEATURE_DIM}) with M >= 1, got {array.shape}")
+    if not np.isfinite(array).all():
+        raise GpucompError("features hold NaN or infinity")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+__all__ = ["Avatar", "Engine", "FrameRequest", "RenderResult", "audio_window"]

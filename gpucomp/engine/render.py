@@ -1,0 +1,124 @@
+"""Rendering into files: features, schedule, voice track, resume record, sink,
+progress, and what an interruption leaves (Engine.render).
+
+Order matters for what a failure leaves behind: everything that can be
+refused is checked before the output is touched, and the run record of an
+image render is written only once the frames can be produced, so a render
+that fails on bad input leaves an earlier run's record, and its resume, intact.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ..core.errors import GpucompError
+from ..core.telemetry import Progress, StageStats
+from ..io.audio import AudioTrack
+from ..io.encode import IMAGE_FORMATS, encoder_bytes, frame_name, open_sink, prepare_output_dir
+from ..io.resume import FrameLog, run_record
+from ..io.video_out import STDOUT, VIDEO_FORMATS
+from ..io.videoio import X264_PRESETS
+from ..speech.melspec import SAMPLE_RATE
+from . import pipeline
+
+FORMATS = IMAGE_FORMATS + VIDEO_FORMATS
+
+
+class RenderInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM in the command line) during a render: what was written."""
+
+    def __init__(self, written: int, output: str, fmt: str):
+        super().__init__(f"interrupted after {written} frames")
+        self.written, self.output, self.format = written, output, fmt
+
+    def describe(self) -> str:
+        if self.format in IMAGE_FORMATS:
+            return (f"{self.written} frames were written completely to {self.output}; --resume renders the rest")
+        if self.output == STDOUT:
+            return f"{self.written} frames were written to stdout"
+        return f"the unfinished {self.output} was removed ({self.written} frames had been encoded)"
+
+
+def render_to(engine, avatar, output, *, speech, features, fmt, schedule, smooth, audio, audio_rate, voice_track,
+              crf, preset, encoder, resume, progress, on_message) -> pipeline.RenderResult:
+    say = on_message or (lambda text: None)
+    output = str(output)
+    if fmt not in FORMATS:
+        raise GpucompError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if preset not in X264_PRESETS:
+        raise GpucompError(f"preset must be one of x264's {', '.join(X264_PRESETS)}, got {preset!r}")
+    if resume and fmt not in IMAGE_FORMATS:
+        raise GpucompError(f"--resume works with png and jpg output; --format {fmt} is written whole")
+    if speech is not None and features is not None:
+        raise GpucompError("give speech or features, not both")
+    dataset = avatar.dataset
+    # Features, their source for the run record, and the default voice track.
+    features_path = None
+    if speech is not None:
+        features, times, seconds, provider = engine._speech_features(speech, rate=audio_rate, smooth=smooth,
+                                                                     fps=avatar.fps, progress=progress)
+        say(f"features: {seconds:.2f} s of speech -> {len(features)} frames (mel {times.mel:.2f} s, "
+            f"encoder {times.encoder:.2f} s on {provider.replace('ExecutionProvider', '')})")
+        track = audio if audio is not None else (
+            speech if isinstance(speech, (str, Path)) else
+            AudioTrack(np.asarray(speech, dtype=np.float32).reshape(-1), audio_rate or SAMPLE_RATE))
+    elif features is not None:
+        if isinstance(features, (str, Path)):
+            features_path = Path(features)
+        track = audio
+    else:
+        track = audio if audio is not None else dataset.audio_path
+    if not voice_track:
+        track = None
+    elif track is None and fmt == "mp4" and features is not None and speech is None:
+        say("note: the mp4 has no voice track: --features alone brings none; add --speech or --audio")
+
+    features, plan = engine._plan(avatar, features, schedule)
+    indices = plan.outputs
+    stats = StageStats()
+    log, keep = None, frozenset()
+    if fmt in IMAGE_FORMATS and output != STDOUT:
+        used = replace(dataset, features=features,
+                       features_path=features_path if plan.kind != "straight" else dataset.features_path)
+        record = run_record(dataset=used, model_path=engine.model_path, schedule=plan, settings=engine.settings,
+                            backend=engine.backend, fmt=fmt)
+        log = FrameLog(prepare_output_dir(Path(output)))
+        if resume:
+            keep = log.resume(record, {i: frame_name(i, fmt) for i in indices})
+            if len(keep) == len(indices):
+                log.close()
+                return pipeline.RenderResult(0, 0.0, stats, kept=len(keep), backend=engine.describe(), output=output)
+            say(f"resume: {len(keep)} of {len(indices)} frames are complete, rendering the other "
+                f"{len(indices) - len(keep)}")
+        else:
+            log.start(record)
+    sink = open_sink(fmt, output, dataset=dataset, indices=indices, workers=engine.settings.workers, stats=stats,
+                     crf=crf, preset=preset, encoder=encoder, audio=track, audio_rate=audio_rate,
+                     notify=lambda text: say(f"note: {text}"), log=log)
+    job = None
+    try:
+        say(f"render: {engine.describe()}, {plan.describe()} of {dataset.root}, batch {engine.settings.batch}, "
+            f"workers {engine.settings.workers} -> {sink.label} ({fmt})")
+        t0 = time.perf_counter()
+        job = engine._start(avatar, features, plan, stats, progress=progress,
+                            output_reserve=encoder_bytes(fmt, dataset.width, dataset.height, preset,
+                                                         "h264_nvenc" if encoder == "nvenc" else "libx264"))
+        prepared = time.perf_counter() - t0
+        bar = Progress(len(indices) - len(keep), stats, enabled=progress)
+        try:
+            result = pipeline.render(job, len(indices), sink, batch=engine.settings.batch, progress=bar, keep=keep)
+        except KeyboardInterrupt:
+            bar.close()
+            raise RenderInterrupted(sink.written, sink.label, fmt) from None
+        bar.close()
+    except BaseException:
+        sink.abort()
+        raise
+    finally:
+        if job is not None:
+            job.close()
+    return replace(result, kept=len(keep), prepare_seconds=prepared, backend=engine.describe(), output=sink.label)

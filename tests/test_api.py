@@ -1,0 +1,230 @@
+"""The Python API, used only through `import gpucomp`: renders equal to the
+command's, avatars resident together, mixed batches equal to frames rendered
+alone, memory given back, refusals that leave loaded avatars alone, and the
+README's example as written."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import gpucomp
+
+from .conftest import ROOT, run_cli
+
+BACKENDS = ["cpu", "gpu-sim"]
+
+
+@pytest.fixture(scope="module")
+def small_avatar(tmp_path_factory) -> Path:
+    """A second avatar of another frame size (640x360) for mixed batches."""
+    from gpucomp.io.synth import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("avatar") / "small640", frames=10, seed=9, width=640, height=360)
+
+
+def frames_in(folder: Path) -> dict[str, np.ndarray]:
+    return {p.name: cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted(folder.glob("frame_*.png"))}
+
+
+def rss() -> int:
+    """This process's resident memory, in bytes."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_engine_render_equals_the_render_command(small_dataset, tiny_model, tmp_path, backend):
+    assert run_cli("render", "--data", small_dataset, "--model", tiny_model, "--output", tmp_path / "cli",
+                   "--backend", backend, "--batch", "3", "--quiet").returncode == 0
+    with gpucomp.Engine(tiny_model, backend=backend, batch=3) as engine:
+        avatar = engine.load_avatar(small_dataset)
+        result = engine.render(avatar, tmp_path / "api")
+        assert result.frames == len(avatar) == 24 and engine.backend == backend
+    cli, api = frames_in(tmp_path / "cli"), frames_in(tmp_path / "api")
+    assert cli.keys() == api.keys() and len(cli) == 24
+    for name in cli:  # the decoded pixels, and the file bytes too
+        assert np.array_equal(cli[name], api[name]), name
+        assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "api" / name).read_bytes()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_speech_render_equals_the_command(small_dataset, tiny_model, audio_encoder, tmp_path, backend):
+    from gpucomp.io.synth import synthetic_speech
+
+    speech = tmp_path / "speech.npy"
+    np.save(speech, synthetic_speech(1.5))
+    assert run_cli("render", "--data", small_dataset, "--model", tiny_model, "--output", tmp_path / "cli",
+                   "--speech", speech, "--audio-encoder", audio_encoder, "--backend", backend, "--frames", "10",
+                   "--quiet").returncode == 0
+    with gpucomp.Engine(tiny_model, backend=backend, audio_encoder=audio_encoder) as engine:
+        avatar = engine.load_avatar(small_dataset, frames=10)  # resident: the same frames, decoded once
+        engine.render(avatar, tmp_path / "api", speech=speech)
+        features = engine.features(speech, fps=avatar.fps)
+        streamed = list(engine.frames(avatar, features))
+    cli, api = frames_in(tmp_path / "cli"), frames_in(tmp_path / "api")
+    assert cli.keys() == api.keys() and len(cli) == len(features) == len(streamed) == 36
+    for k, name in enumerate(sorted(cli)):
+        assert np.array_equal(cli[name], api[name]) and np.array_equal(cli[name], streamed[k]), name
+
+
+def test_features_equal_the_features_command(audio_encoder, tiny_model, tmp_path):
+    from gpucomp.io.synth import synthetic_speech
+
+    samples = synthetic_speech(2.0)
+    np.save(tmp_path / "speech.npy", samples)
+    assert run_cli("features", "--audio", tmp_path / "speech.npy", "--encoder", audio_encoder, "--output",
+                   tmp_path / "f.npy", "--backend", "cpu", "--quiet").returncode == 0
+    with gpucomp.Engine(tiny_model, backend="cpu", audio_encoder=audio_encoder) as engine:
+        from_file = engine.features(tmp_path / "speech.npy")
+        from_array = engine.features(samples)
+    expected = np.load(tmp_path / "f.npy")
+    assert np.array_equal(from_file, expected) and np.array_equal(from_array, expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("model", ["tiny_model", "echo_model_file"])
+def test_a_mixed_batch_equals_each_frame_rendered_alone(small_dataset, small_avatar, request, backend, model):
+    """Frames of a 1280x720 and a 640x360 avatar interleaved in one model call
+    and one composite launch: each equals that frame composited alone, and
+    the frame the render pipeline gives for the same avatar frame and window."""
+    model_path = request.getfixturevalue(model)
+    rng = np.random.default_rng(4)
+    with gpucomp.Engine(model_path, backend=backend, batch=6) as engine:
+        big, small = engine.load_avatar(small_dataset), engine.load_avatar(small_avatar)
+        assert big.resident and small.resident and len(engine.avatars) == 2
+        assert (big.width, big.height, small.width, small.height) == (1280, 720, 640, 360)
+        features = rng.uniform(0, 4, (30, 512)).astype(np.float32)
+        picks = [(big, 3, 5), (small, 7, 12), (big, 20, 0), (small, 0, 29), (small, 7, 13), (big, 3, 14)]
+        requests = [gpucomp.FrameRequest(a, f, gpucomp.audio_window(features, k)) for a, f, k in picks]
+        mixed = engine.composite(requests)
+        alone = [engine.composite([r])[0] for r in requests]
+        for (avatar, frame, k), got, single in zip(picks, mixed, alone):
+            assert got.shape == (avatar.height, avatar.width, 3)
+            assert np.array_equal(got, single), (avatar.path.name, frame, k)
+
+
+def test_composite_matches_the_pipeline_frame_for_frame(small_dataset, tiny_model):
+    """engine.frames with the avatar's own features, and engine.composite
+    asked for the same frames and windows, agree bit for bit."""
+    with gpucomp.Engine(tiny_model, backend="gpu-sim", batch=4) as engine:
+        avatar = engine.load_avatar(small_dataset, start=4, frames=12)
+        streamed = list(engine.frames(avatar))
+        own = avatar.features
+        requests = [gpucomp.FrameRequest(avatar, f, gpucomp.audio_window(own, avatar.start + f))
+                    for f in range(len(avatar))]
+        composited = engine.composite(requests[::-1])[::-1]  # another order, other batches
+    assert len(streamed) == 12
+    for a, b in zip(streamed, composited):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unload_gives_the_memory_back(small_dataset, tiny_model, backend):
+    with gpucomp.Engine(tiny_model, backend=backend) as engine:
+        engine.load_avatar(small_dataset, frames=2)  # the warm-up and the output ring out of the way
+        baseline_used, before = engine.memory_used, rss()
+        avatar = engine.load_avatar(small_dataset)
+        loaded = rss()
+        assert avatar.nbytes == 24 * (1280 * 720 * 3 + 328 * 328 * 3)
+        assert engine.memory_used == baseline_used + avatar.nbytes
+        assert loaded - before >= 0.9 * avatar.nbytes  # decoded into this process's memory
+        engine.unload(avatar)
+        after = rss()
+        assert not avatar.resident and engine.memory_used == baseline_used
+        assert loaded - after >= 0.9 * avatar.nbytes, (before, loaded, after)  # measured, not assumed
+        again = engine.load_avatar(small_dataset)  # and it can be loaded again
+        assert again.resident
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_avatar_that_does_not_fit_is_refused_and_the_first_still_renders(small_dataset, small_avatar,
+                                                                          tiny_model, tmp_path, backend):
+    with gpucomp.Engine(tiny_model, backend=backend) as alone:
+        alone.render(alone.load_avatar(small_dataset), tmp_path / "alone")
+        needed = alone.memory_used  # the first avatar's cache and the frames in flight
+    second = 10 * (640 * 360 * 3 + 328 * 328 * 3)
+    with gpucomp.Engine(tiny_model, backend=backend, cache_budget=needed + second // 2) as engine:
+        first = engine.load_avatar(small_dataset)
+        used = engine.memory_used
+        with pytest.raises(gpucomp.ResourceError) as refused:
+            engine.load_avatar(small_avatar)
+        text = str(refused.value)
+        assert "\n" not in text and text.startswith(f"loading avatar {small_avatar} (10 frames of 640x360): needs ")
+        assert "1 avatar already loaded" in text and "cache budget" in text
+        assert engine.memory_used == used and first.resident and len(engine.avatars) == 1
+        engine.render(first, tmp_path / "after")
+    a, b = frames_in(tmp_path / "after"), frames_in(tmp_path / "alone")
+    assert a.keys() == b.keys() and all(np.array_equal(a[n], b[n]) for n in a)
+
+
+def test_an_avatar_folder_without_features(small_dataset, tiny_model, tmp_path):
+    """A prepared avatar has no aud_ave.npy: it loads, its features are None, and
+    rendering it asks for speech or features."""
+    import shutil
+
+    folder = tmp_path / "prepared"
+    shutil.copytree(small_dataset, folder)
+    (folder / "aud_ave.npy").unlink()
+    with gpucomp.Engine(tiny_model, backend="cpu") as engine:
+        avatar = engine.load_avatar(folder, frames=4)
+        assert avatar.features is None and len(avatar) == 4 and avatar.fps == 25
+        with pytest.raises(gpucomp.DatasetError, match="has no features of its own"):
+            engine.render(avatar, tmp_path / "o")
+        frames = list(engine.frames(avatar, np.ones((3, 512), np.float32), schedule="loop"))
+        assert len(frames) == 3
+
+
+def test_mistakes_are_one_clear_error(small_dataset, small_avatar, tiny_model, tmp_path):
+    with gpucomp.Engine(tiny_model, backend="cpu") as engine, gpucomp.Engine(tiny_model, backend="cpu") as other:
+        avatar = engine.load_avatar(small_avatar)
+        window = np.zeros((16, 512), np.float32)
+        cases = [
+            (lambda: engine.composite([gpucomp.FrameRequest(avatar, 10, window)]), "frame 10 is outside"),
+            (lambda: engine.composite([gpucomp.FrameRequest(avatar, 0, window[:8])]), "must be a (16, 512) window"),
+            (lambda: other.composite([gpucomp.FrameRequest(avatar, 0, window)]), "not loaded in this engine"),
+            (lambda: engine.load_avatar(avatar), "is already loaded"),
+            (lambda: engine.features(np.zeros(16000, np.float32)), "needs an audio encoder"),
+            (lambda: engine.load_avatar(tmp_path / "nowhere"), "dataset directory not found"),
+            (lambda: engine.render(avatar, tmp_path / "o", format="gif"), "format must be one of"),
+            (lambda: gpucomp.Engine(tiny_model, batch=0), "batch must be an integer in 1..256"),
+            (lambda: gpucomp.Engine(tmp_path / "missing.onnx"), "model file not found"),
+        ]
+        for call, message in cases:
+            with pytest.raises(gpucomp.GpucompError) as caught:
+                call()
+            assert message in str(caught.value) and "\n" not in str(caught.value)
+        engine.unload(avatar)
+        with pytest.raises(gpucomp.GpucompError, match="not loaded in this engine"):
+            engine.unload(avatar)
+
+
+def test_import_is_light_and_names_the_api():
+    code = ("import sys, gpucomp; heavy = [m for m in ('cv2', 'onnxruntime', 'cupy', 'av') if m in sys.modules]; "
+            "print(heavy, sorted(gpucomp.__all__))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("[] ")
+    for name in ("Engine", "Avatar", "FrameRequest", "audio_window", "RenderResult", "demo_assets"):
+        assert name in out
+
+
+def readme_example() -> str:
+    text = (ROOT / "README.md").read_text()
+    match = re.search(r"<!-- api-example:begin -->\s*```python\n(.*?)```\s*<!-- api-example:end -->", text, re.S)
+    assert match, "README.md has no Python API example between the api-example markers"
+    return match.group(1)
+
+
+@pytest.mark.slow
+def test_the_readme_example_runs_as_written(tmp_path):
+    result = subprocess.run([sys.executable, "-c", readme_example()], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "out" / "api-demo.mp4").stat().st_size > 10_000
+    assert "frames" in result.stdout
