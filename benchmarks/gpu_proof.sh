@@ -1,23 +1,34 @@
 #!/usr/bin/env bash
 # Everything a session with a lent H100/H200 must run, in stages that each fit
-# one device call, writing raw outputs under one results folder.
+# one device call (10 minutes) with margin, writing raw outputs under one
+# results folder.
 #
-#   bash benchmarks/gpu_proof.sh [--dry-run] [--stage versions|correctness|speed|profile|all] RESULTS_DIR
+#   bash benchmarks/gpu_proof.sh [--dry-run] [--stage S] [--archive FILE] RESULTS_DIR
 #
-# Stages:
-#   versions     driver, CUDA, CuPy, NVRTC, ONNX Runtime (providers), cuDNN, GPU
+# Stages (the estimate for each is in benchmarks/README.md):
+#   versions     driver, CUDA, CuPy, NVRTC, ONNX Runtime (providers, and whether the
+#                CUDA provider really starts), cuDNN, GPU, the CUDA library path
 #   correctness  pytest -m gpu; compute-sanitizer memcheck and racecheck on the
-#                kernel tests; render --backend gpu against gpu-sim and cpu with the
+#                kernel tests
+#   exactness    render --backend gpu against gpu-sim and cpu with the
 #                echo model (plain, --feather 4, --clip-rects with rectangles across
 #                the frame edge, a streaming ring, a ping-pong render from speech),
-#                bit for bit; the audio encoder on CUDA against the CPU; the UNet on gpu
-#                against cpu (TF32 off) within model numerics
-#   speed        python -m gpucomp.bench, default and --grid
+#                bit for bit; two avatars of different sizes mixed in one batch; the
+#                audio encoder on CUDA (TF32 off) against the CPU; the UNet on gpu
+#                (TF32 off) against cpu within model numerics; NVENC's memory
+#   speed        python -m gpucomp.bench: seed, cpu and gpu, 100 frames, stage
+#                isolation, the echo exactness pass
+#   grid         python -m gpucomp.bench --grid on gpu alone (cpu's figure is in `speed`)
+#   speech       benchmarks/speech.py on cpu and gpu
 #   profile      ncu on the composite and input kernels: DRAM throughput % of peak,
 #                occupancy, duration
 # Each step's output goes to RESULTS_DIR/<step>.log and one line per step to
-# RESULTS_DIR/steps.txt ("ok" or "FAILED (exit N)"); the script goes on after a
-# failed step and exits 1 if any failed.
+# RESULTS_DIR/steps.txt ("ok", "FAILED (exit N)" or "TIMED OUT"). A step runs
+# under a time limit (STEP_LIMIT seconds, default 420), so one that hangs cannot
+# take the whole call; the script goes on after a failed step and exits 1 if any
+# failed. With --archive, FILE is rewritten after every step with the whole
+# results folder, so a call that runs out of time still brings back every step
+# finished before it.
 #
 # --dry-run runs the same sequence where there is no GPU (CI does, on every run):
 # gpu-sim stands in for gpu, the profilers are stubs that run the profiled
@@ -28,56 +39,83 @@ set -uo pipefail
 
 dry_run=0
 stage=all
+archive=
+usage="usage: bash benchmarks/gpu_proof.sh [--dry-run] [--stage versions|correctness|exactness|speed|grid|speech|profile|all] [--archive FILE] RESULTS_DIR"
 while [ $# -gt 1 ]; do
     case "$1" in
         --dry-run) dry_run=1; shift ;;
         --stage) stage=$2; shift 2 ;;
+        --archive) archive=$2; shift 2 ;;
         *) echo "error: unknown option $1" >&2; exit 2 ;;
     esac
 done
 if [ $# -ne 1 ]; then
-    echo "usage: bash benchmarks/gpu_proof.sh [--dry-run] [--stage versions|correctness|speed|profile|all] RESULTS_DIR" >&2
+    echo "$usage" >&2
     exit 2
 fi
-case "$stage" in versions|correctness|speed|profile|all) ;; *) echo "error: unknown stage $stage" >&2; exit 2 ;; esac
+case "$stage" in versions|correctness|exactness|speed|grid|speech|profile|all) ;;
+    *) echo "error: unknown stage $stage" >&2; exit 2 ;; esac
 
-results=$(mkdir -p "$1" && cd "$1" && pwd)
-work=$(mktemp -d)
+# Everything the steps read is exported: each step runs in its own bash under `timeout`.
+export results=$(mkdir -p "$1" && cd "$1" && pwd)
+export work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-py=${PYTHON:-python3}
+export py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 export GPUCOMP_CACHE=${GPUCOMP_CACHE:-$work/cache}
+export dry_run
+step_limit=${STEP_LIMIT:-420}
 failed=0
+export data=$work/data echo=$work/echo.onnx unet=$work/unet.onnx encoder=$work/ave.onnx speech=$work/speech.npy
+export clipped=$work/clipped
+
+# The CUDA 13 and cuDNN 9 libraries of the nvidia-* wheels, wherever Python finds them
+# (onnxruntime-gpu installed with --target elsewhere looks only beside itself).
+cuda_libs=$($py - <<'EOF' 2>/dev/null
+import importlib.util, pathlib
+spec = importlib.util.find_spec("nvidia")
+dirs = [str(lib) for base in (spec.submodule_search_locations if spec else [])
+        for lib in sorted(pathlib.Path(base).glob("*/lib")) if any(lib.glob("lib*.so*"))]
+print(":".join(dirs))
+EOF
+)
+export LD_LIBRARY_PATH=${cuda_libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 
 if [ $dry_run = 1 ]; then
-    gpu=gpu-sim
-    frames=60
-    width=0.25
-    bench_size=(--frames 8 --repeat 1 --backends cpu,gpu-sim)
-    speech_size=(--speech-seconds 1 --features-seconds 2)
-    speech_seconds=2
-    grid=2:1
+    export gpu=gpu-sim frames=60 width=0.25 speech_seconds=2 grid=2:1
+    export bench_size="--frames 8 --repeat 1" bench_backends=seed,cpu,gpu-sim
+    export speech_size="--seconds 1 --features-seconds 2 --repeat 1" speech_backends=cpu
     # The stub drops the tool and its options and runs the profiled command bare.
     profiler() { local tool=$1; shift; while [ $# -gt 0 ] && [ "$1" != "$py" ]; do shift; done
                  echo "[dry-run: $tool stubbed] $*"; "$@"; }
 else
-    gpu=gpu
-    frames=100
-    width=1.0
-    bench_size=(--frames 100 --repeat 3 --backends seed,cpu,gpu,gpu-sim)
-    speech_size=(--speech-seconds 8 --features-seconds 60)
-    speech_seconds=12
-    grid=1/4/8/16:2/4/8/16
+    export gpu=gpu frames=100 width=1.0 speech_seconds=12 grid=1/4/8/16:2/4/8/16
+    export bench_size="--frames 100 --repeat 3" bench_backends=seed,cpu,gpu
+    export speech_size="--seconds 8 --features-seconds 60 --repeat 3" speech_backends=cpu,gpu
     profiler() { "$@"; }
 fi
 
-step() {  # step NAME COMMAND...: run, log, record
+pack() {  # the whole results folder into --archive, replaced atomically
+    [ -n "$archive" ] || return 0
+    tar czf "$archive.tmp" -C "$(dirname "$results")" "$(basename "$results")" && mv "$archive.tmp" "$archive"
+}
+
+step() {  # step NAME COMMAND...: run under the step limit, log, record, archive
     local name=$1; shift
+    local started=$SECONDS
     echo "== $name: $*" | tee -a "$results/steps.log"
-    "$@" >"$results/$name.log" 2>&1
+    # timeout stops the step's whole process group when the limit passes.
+    timeout --kill-after=10 "$step_limit" bash -c '"$@"' step "$@" >"$results/$name.log" 2>&1
     local code=$?
-    if [ $code = 0 ]; then echo "$name ok" >>"$results/steps.txt"
-    else echo "$name FAILED (exit $code)" >>"$results/steps.txt"; failed=1; tail -5 "$results/$name.log"; fi
+    local took=$((SECONDS - started))
+    if [ $code = 0 ]; then
+        echo "$name ok (${took} s)" >>"$results/steps.txt"
+    elif [ $code = 124 ] || [ $code = 137 ]; then
+        echo "$name TIMED OUT after ${step_limit} s" >>"$results/steps.txt"; failed=1
+    else
+        echo "$name FAILED (exit $code, ${took} s)" >>"$results/steps.txt"; failed=1; tail -5 "$results/$name.log"
+    fi
+    pack
 }
 
 render() {  # render NAME BACKEND MODEL DATA [options]: frames to $work/NAME
@@ -86,21 +124,16 @@ render() {  # render NAME BACKEND MODEL DATA [options]: frames to $work/NAME
     $py -m gpucomp render --data "$data" --model "$model" --backend "$backend" --output "$work/$name" --quiet "$@"
 }
 
-exact() {  # exact LABEL [render options]: cpu, gpu-sim and gpu with the echo model, bit for bit
-    local label=$1; shift
-    render "$label-cpu" cpu "$echo" "$data" "$@" &&
-        render "$label-sim" gpu-sim "$echo" "$data" "$@" &&
-        render "$label-gpu" "$gpu" "$echo" "$data" "$@" &&
+exact() {  # exact LABEL DATA [render options]: cpu, gpu-sim and gpu with the echo model, bit for bit
+    local label=$1 source=$2; shift 2
+    render "$label-cpu" cpu "$echo" "$source" "$@" &&
+        render "$label-sim" gpu-sim "$echo" "$source" "$@" &&
+        render "$label-gpu" "$gpu" "$echo" "$source" "$@" &&
         $py benchmarks/compare_frames.py "$work/$label-cpu" "$work/$label-gpu" &&
         $py benchmarks/compare_frames.py "$work/$label-sim" "$work/$label-gpu"
 }
 
 prepare_data() {
-    data=$work/data
-    echo=$work/echo.onnx
-    unet=$work/unet.onnx
-    encoder=$work/ave.onnx
-    speech=$work/speech.npy
     $py -m gpucomp synth --output "$data" --frames "$frames" --seed 0 >/dev/null &&
         $py -m gpucomp model --kind echo --output "$echo" >/dev/null &&
         $py -m gpucomp model --kind ave --output "$encoder" >/dev/null &&
@@ -108,7 +141,7 @@ prepare_data() {
 numpy.save(sys.argv[1], synthetic_speech(float(sys.argv[2])))" "$speech" "$speech_seconds" &&
         $py -m gpucomp model --width-mult "$width" --output "$unet" >/dev/null &&
         # Rectangles across every frame edge, for --clip-rects.
-        cp -r "$data" "$work/clipped" && $py - "$work/clipped/crop_rectangles.json" <<'EOF'
+        cp -r "$data" "$clipped" && $py - "$clipped/crop_rectangles.json" <<'EOF'
 import json, sys
 path = sys.argv[1]
 rects = json.load(open(path))
@@ -123,6 +156,7 @@ EOF
 versions() {
     command -v nvidia-smi >/dev/null && nvidia-smi
     command -v nvcc >/dev/null && nvcc --version
+    echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
     $py - <<'EOF'
 import platform
 print("python", platform.python_version())
@@ -138,11 +172,14 @@ from gpucomp.engine.kernel_build import nvrtc_unavailable_reason
 reason = nvrtc_unavailable_reason()
 if reason is None:
     from cupy_backends.cuda.libs import nvrtc
-    print("nvrtc", nvrtc.getVersion())
+    print("nvrtc", nvrtc.getVersion(), "(compiles)")
 else:
     print(reason)
 import onnxruntime
-print("onnxruntime", onnxruntime.__version__, onnxruntime.get_available_providers())
+print("onnxruntime", onnxruntime.__version__, onnxruntime.__file__, onnxruntime.get_available_providers())
+from gpucomp.model.providers import cuda_provider_unavailable_reason, preload_cuda_libraries
+print("cuda libraries:", preload_cuda_libraries() or "loaded")
+print("onnxruntime CUDA provider:", cuda_provider_unavailable_reason() or "starts")
 from importlib.metadata import PackageNotFoundError, version
 for name in ("nvidia-cudnn-cu13", "nvidia-cuda-nvrtc", "nvidia-cublas", "opencv-python-headless", "numpy", "av",
              "isal", "nvidia-ml-py"):
@@ -153,6 +190,42 @@ for name in ("nvidia-cudnn-cu13", "nvidia-cuda-nvrtc", "nvidia-cublas", "opencv-
 from gpucomp.engine.backends import cuda_unavailable_reason, kernels_unavailable_reason
 print("kernels:", kernels_unavailable_reason() or "usable")
 print("engine:", cuda_unavailable_reason() or "usable")
+from gpucomp.io.videoio import nvenc_unavailable_reason
+print("nvenc:", nvenc_unavailable_reason() or "usable")
+EOF
+}
+
+unet_vs_cpu() {  # model numerics differ between cuDNN and the CPU; TF32 off keeps them close
+    render unet-cpu cpu "$unet" "$data" --batch 8 &&
+        render unet-gpu "$gpu" "$unet" "$data" --batch 8 --no-tf32 &&
+        $py benchmarks/compare_frames.py "$work/unet-cpu" "$work/unet-gpu" --max-diff 3
+}
+
+features_vs_cpu() {  # the encoder on CUDA (TF32 off) against the CPU: same rows, model numerics apart
+    $py -m gpucomp features --audio "$speech" --encoder "$encoder" --backend cpu --output "$work/f-cpu.npy" &&
+        $py -m gpucomp features --audio "$speech" --encoder "$encoder" --backend "${gpu/gpu-sim/cpu}" --no-tf32 \
+            --output "$work/f-gpu.npy" &&
+        $py -c "import sys, numpy as np; a, b = np.load(sys.argv[1]), np.load(sys.argv[2])
+d = float(np.abs(a - b).max()); print('rows', a.shape, b.shape, 'max abs diff', d, 'scale', float(np.abs(a).max()))
+sys.exit(0 if a.shape == b.shape and d <= 1e-3 * float(np.abs(a).max()) else 1)" "$work/f-cpu.npy" "$work/f-gpu.npy"
+}
+
+nvenc_memory() {  # GPU memory an NVENC session takes, where the GPU has one (H100 and A100 have none)
+    $py - <<'EOF'
+from gpucomp.io.videoio import nvenc_unavailable_reason
+reason = nvenc_unavailable_reason()
+if reason:
+    print("no NVENC here:", reason)
+    raise SystemExit(0)
+import tempfile, cupy
+from pathlib import Path
+from gpucomp.io.videoio import H264Writer
+before = cupy.cuda.runtime.memGetInfo()[0]
+with tempfile.TemporaryDirectory() as tmp:
+    writer = H264Writer(Path(tmp) / "probe.mp4", 1920, 1080, 25.0, encoder="h264_nvenc")
+    after = cupy.cuda.runtime.memGetInfo()[0]
+    writer.abort()
+print(f"h264_nvenc at 1920x1080 takes {(before - after) / 2**20:.1f} MiB of GPU memory when it opens")
 EOF
 }
 
@@ -162,38 +235,34 @@ correctness() {
         $py -m pytest -q -m gpu -p no:cacheprovider tests/test_kernels.py
     step racecheck profiler compute-sanitizer --tool racecheck --target-processes all --error-exitcode 1 \
         $py -m pytest -q -m gpu -p no:cacheprovider tests/test_kernels.py
-    step exact_plain exact plain --batch 8
-    step exact_feather exact feather --batch 8 --feather 4
-    data_saved=$data; data=$work/clipped
-    step exact_clipped exact clipped --batch 8 --clip-rects
-    data=$data_saved
-    step exact_streaming exact streaming --batch 4 --cache-budget 200M
+}
+
+exactness() {
+    step exact_plain exact plain "$data" --batch 8
+    step exact_feather exact feather "$data" --batch 8 --feather 4
+    step exact_clipped exact clipped "$clipped" --batch 8 --clip-rects
+    step exact_streaming exact streaming "$data" --batch 4 --cache-budget 200M
     # Speech: ping-pong over 40 avatar frames; the encoder runs on CUDA for gpu.
-    step exact_speech exact speech --batch 8 --frames 40 --speech "$speech" --audio-encoder "$encoder"
+    step exact_speech exact speech "$data" --batch 8 --frames 40 --speech "$speech" --audio-encoder "$encoder"
+    step exact_mixed $py benchmarks/exact_mixed.py "$data" --backends "cpu,gpu-sim,$gpu"
     step features_gpu_vs_cpu features_vs_cpu
     step unet_gpu_vs_cpu unet_vs_cpu
-}
-
-unet_vs_cpu() {  # model numerics differ between cuDNN and the CPU; TF32 off keeps them close
-    render unet-cpu cpu "$unet" "$data" --batch 8 &&
-        render unet-gpu "$gpu" "$unet" "$data" --batch 8 --no-tf32 &&
-        $py benchmarks/compare_frames.py "$work/unet-cpu" "$work/unet-gpu" --max-diff 3
-}
-
-features_vs_cpu() {  # the encoder on CUDA against the CPU: same rows, model numerics apart
-    $py -m gpucomp features --audio "$speech" --encoder "$encoder" --backend cpu --output "$work/f-cpu.npy" &&
-        $py -m gpucomp features --audio "$speech" --encoder "$encoder" --backend "${gpu/gpu-sim/cpu}" \
-            --output "$work/f-gpu.npy" &&
-        $py -c "import sys, numpy as np; a, b = np.load(sys.argv[1]), np.load(sys.argv[2])
-d = float(np.abs(a - b).max()); print('rows', a.shape, b.shape, 'max abs diff', d, 'scale', float(np.abs(a).max()))
-sys.exit(0 if a.shape == b.shape and d <= 1e-3 * float(np.abs(a).max()) else 1)" "$work/f-cpu.npy" "$work/f-gpu.npy"
+    step nvenc_memory nvenc_memory
 }
 
 speed() {
-    step bench_default $py -m gpucomp.bench --data "$data" --model "$unet" "${bench_size[@]}" "${speech_size[@]}" \
-        --quiet --output "$results/bench-default"
-    step bench_grid $py -m gpucomp.bench --data "$data" --model "$unet" "${bench_size[@]}" --quiet \
+    step bench_default $py -m gpucomp.bench --data "$data" --model "$unet" $bench_size --backends "$bench_backends" \
+        --no-speech --quiet --output "$results/bench-default"
+}
+
+grid_stage() {
+    step bench_grid $py -m gpucomp.bench --data "$data" --model "$unet" $bench_size --backends "$gpu" --quiet \
         --no-isolation --no-exactness --no-speech --grid "$grid" --output "$results/bench-grid"
+}
+
+speech_stage() {
+    step bench_speech $py benchmarks/speech.py --data "$data" --model "$unet" --width-mult "$width" $speech_size \
+        --backends "$speech_backends" --output "$results/speech"
 }
 
 profile() {
@@ -205,15 +274,19 @@ profile() {
         --batch 8 --format raw
 }
 
+export -f render exact prepare_data versions unet_vs_cpu features_vs_cpu nvenc_memory profiler
 : >"$results/steps.txt"
 step versions versions
 if [ "$stage" != versions ]; then
     step prepare_data prepare_data
     case "$stage" in
         correctness) correctness ;;
+        exactness) exactness ;;
         speed) speed ;;
+        grid) grid_stage ;;
+        speech) speech_stage ;;
         profile) profile ;;
-        all) correctness; speed; profile ;;
+        all) correctness; exactness; speed; grid_stage; speech_stage; profile ;;
     esac
 fi
 cat "$results/steps.txt"

@@ -4,8 +4,8 @@ encoder apart), and whole `render --speech` commands against `render
 
     python benchmarks/speech.py --output benchmarks/results/<folder> [--width-mult 0.25] [--seconds 20]
 
-Uses the demo dataset (100 frames) and the built-in speech; writes speech.json
-and speech.md into --output.
+Uses the demo dataset (100 frames, or --data) and the built-in speech; writes
+speech-w<width>.json and .md into --output.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--output", type=Path, required=True)
     p.add_argument("--width-mult", type=float, default=1.0, help="UNet-328 width (default 1.0)")
+    p.add_argument("--data", type=Path, help="avatar dataset (default: the 100-frame demo dataset)")
+    p.add_argument("--model", type=Path, help="UNet-328 model (default: the demo model of --width-mult)")
     p.add_argument("--seconds", type=float, default=20.0, help="speech rendered (default 20 s)")
     p.add_argument("--features-seconds", type=float, default=60.0)
     p.add_argument("--repeat", type=int, default=3)
@@ -37,7 +39,7 @@ def main() -> int:
     args = p.parse_args()
     backends = args.backends.split(",")
     encoder = demo_audio_encoder()
-    data, model = demo_dataset(100), demo_model(args.width_mult)
+    data, model = args.data or demo_dataset(100), args.model or demo_model(args.width_mult)
     section = {"features": features_throughput(encoder, [b for b in backends if b in ("cpu", "gpu")] or ["cpu"],
                                                seconds=args.features_seconds, repeats=args.repeat)}
     with tempfile.TemporaryDirectory(prefix="gpucomp-speech-") as tmp:

@@ -4,6 +4,7 @@ on the device refuses parts out of order and a bundle that does not check out.""
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,14 +23,18 @@ def test_gpu_proof_dry_run_runs_every_step(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     names = [line.split()[0] for line in steps]
     assert names == ["versions", "prepare_data", "pytest_gpu", "memcheck", "racecheck", "exact_plain", "exact_feather",
-                     "exact_clipped", "exact_streaming", "exact_speech", "features_gpu_vs_cpu", "unet_gpu_vs_cpu",
-                     "bench_default", "bench_grid", "ncu_kernels"]
-    assert all(line.endswith(" ok") for line in steps)
+                     "exact_clipped", "exact_streaming", "exact_speech", "exact_mixed", "features_gpu_vs_cpu",
+                     "unet_gpu_vs_cpu", "nvenc_memory", "bench_default", "bench_grid", "bench_speech", "ncu_kernels"]
+    assert all(re.fullmatch(r"\S+ ok \(\d+ s\)", line) for line in steps), steps
     plain = (tmp_path / "r" / "exact_plain.log").read_text()
     assert plain.count("identical 60/60, max abs diff 0") == 2
     # 2 s of speech: n = int((161 - 16) / 80 * 25) + 2 = 47 windows, 49 frames over 40 avatar frames.
     assert (tmp_path / "r" / "exact_speech.log").read_text().count("identical 49/49, max abs diff 0") == 2
     assert (tmp_path / "r" / "bench-default" / "bench.json").is_file()
+    assert (tmp_path / "r" / "speech" / "speech-w0.25.json").is_file()
+    assert "identical 48/48" in (tmp_path / "r" / "exact_mixed.log").read_text()
+    versions = (tmp_path / "r" / "versions.log").read_text()
+    assert "onnxruntime CUDA provider:" in versions and "nvrtc" in versions
 
 
 def test_gpu_proof_reports_a_failed_step(tmp_path):

@@ -344,7 +344,7 @@ class _FakeNvml:
     def nvmlDeviceGetHandleByIndex(self, index):
         return f"gpu{index}"
 
-    def nvmlDeviceGetHandleByPciBusId_v2(self, bus_id):
+    def nvmlDeviceGetHandleByPciBusId(self, bus_id):
         self.asked_bus_id = bus_id
         return "gpu1"
 

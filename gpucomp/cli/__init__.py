@@ -153,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("auto", "cpu", "gpu"), default="auto",
                    help="where the encoder runs: gpu (ONNX Runtime's CUDA provider), cpu, or auto (default)")
     p.add_argument("--batch", type=_int_range(1, 4096), default=64, help="windows per encoder run (default 64)")
+    p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
+                   help="gpu: TF32 tensor cores for the encoder's convolutions (default on)")
     p.add_argument("--quiet", action="store_true", help="no progress")
 
     p = sub.add_parser("demo", help="render the built-in demo dataset with the built-in model (built once, cached)")
@@ -286,7 +288,7 @@ def _cmd_features(args) -> int:
     name, notice = resolve(args.backend)
     if notice and not args.quiet:
         print(f"note: {notice}", file=sys.stderr)
-    encoder = AudioEncoder(args.encoder, encoder_providers(name))
+    encoder = AudioEncoder(args.encoder, encoder_providers(name, tf32=args.tf32))
     features, times, seconds = compute_features(args.audio, encoder, rate=args.audio_rate, fps=args.fps,
                                                 smooth=bool(args.smooth), batch=args.batch, progress=not args.quiet)
     buffer = io.BytesIO()

@@ -150,9 +150,9 @@ def nvml_handle(nvml, bus_id: str | None):
     """The NVML handle of the GPU at `bus_id`. NVML numbers GPUs itself, ignoring
     CUDA_VISIBLE_DEVICES, so index 0 is only a fallback when no bus id is known."""
     if bus_id:
-        try:
-            return nvml.nvmlDeviceGetHandleByPciBusId_v2(bus_id)
-        except (nvml.NVMLError, AttributeError):
+        try:  # pynvml's function calls the C library's _v2 entry point itself
+            return nvml.nvmlDeviceGetHandleByPciBusId(bus_id)
+        except nvml.NVMLError:
             pass
     return nvml.nvmlDeviceGetHandleByIndex(0)
 

@@ -154,7 +154,9 @@ class Engine:
             if audio_encoder is not None:
                 from ..speech.features import AudioEncoder, encoder_providers
 
-                self.encoder = AudioEncoder(Path(audio_encoder), encoder_providers(name))
+                # On gpu with the model's own provider options, on the engine's stream.
+                self.encoder = AudioEncoder(Path(audio_encoder), encoder_providers(
+                    name, cudnn_algo=self.settings.cudnn_algo, tf32=tf32, stream=self._backend.cuda_stream))
         except BaseException:
             self._backend.close()
             raise

@@ -137,31 +137,45 @@ def cuda_source(filename: str, directory: Path | None = None) -> str:
     return expand(filename)
 
 
+@lru_cache(maxsize=1)
 def nvrtc_unavailable_reason() -> str | None:
-    """None when NVRTC loads, else why not (pip install nvidia-cuda-nvrtc)."""
+    """None when NVRTC loads and compiles, else why not (pip install
+    nvidia-cuda-nvrtc). A one-line kernel is compiled, once per process: NVRTC
+    loads libnvrtc-builtins only when it compiles, so asking for its version
+    would pass on a machine where every real compile fails."""
     try:
         from cupy_backends.cuda.libs import nvrtc
 
         nvrtc.getVersion()
+        arch = str(min(int(a) for a in nvrtc.getSupportedArchs()))
     except Exception as exc:  # ImportError, or the shared library is missing
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return f"NVRTC (the CUDA runtime compiler) cannot be loaded: {first[:160]}"
+    try:
+        _compile('extern "C" __global__ void gc_probe(int *x) { *x = 1; }', "probe.cu", arch)
+    except Exception as exc:  # BackendUnavailable from the log, or NVRTC's own error (builtins missing)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"NVRTC (the CUDA runtime compiler) cannot compile: {first[:160]}"
     return None
 
 
 def _nvrtc(filename: str, arch: str, directory: Path | None, extra: tuple[str, ...] = ()) -> tuple[bytes, str]:
     """(cubin, NVRTC's log) of one kernels/*.cu for sm_`arch`; a BackendUnavailable on error."""
+    return _compile(cuda_source(filename, directory), filename, arch, extra)
+
+
+def _compile(source: str, name: str, arch: str, extra: tuple[str, ...] = ()) -> tuple[bytes, str]:
     from cupy_backends.cuda.libs import nvrtc
 
     options = (*NVRTC_OPTIONS, f"--gpu-architecture=sm_{arch}", *extra)
-    program = nvrtc.createProgram(cuda_source(filename, directory), filename, (), ())
+    program = nvrtc.createProgram(source, name, (), ())
     try:
         try:
             nvrtc.compileProgram(program, options)
         except nvrtc.NVRTCError:
             log = nvrtc.getProgramLog(program).strip().splitlines()
             error = next((line for line in log if "error" in line), log[0] if log else "no log")
-            raise BackendUnavailable(f"compiling the CUDA kernels ({filename}, sm_{arch}) failed: {error[:200]}") \
+            raise BackendUnavailable(f"compiling the CUDA kernels ({name}, sm_{arch}) failed: {error[:200]}") \
                 from None
         return nvrtc.getCUBIN(program), nvrtc.getProgramLog(program)
     finally:

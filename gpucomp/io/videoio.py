@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from .atomic import AtomicTarget
-from ..core.errors import DatasetError, require_nonempty_file
+from ..core.errors import DatasetError, OutputError, require_nonempty_file
 
 
 @dataclass(frozen=True)
@@ -188,6 +188,14 @@ class H264Writer:
             self._audio_stream = self._container.add_stream("aac", rate=audio.rate, layout="mono")
         self._frame_type = av.VideoFrame
         self._av = av
+        # Open the encoders now, not at the first frame: h264_nvenc takes its
+        # GPU memory here, before the frame cache is sized from what is free.
+        try:
+            self._container.start_encoding()
+        except Exception as exc:  # av's own error types: an option or size the encoder refuses
+            self.abort()
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise OutputError(f"{self.path}: the {encoder} encoder cannot open ({text[:160]})") from None
 
     def write(self, bgr: np.ndarray):
         frame = self._frame_type.from_ndarray(np.ascontiguousarray(bgr), format="bgr24")

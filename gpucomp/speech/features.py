@@ -19,7 +19,8 @@ import numpy as np
 
 from . import melspec
 from ..core.contract import FEATURE_DIM
-from ..core.errors import DatasetError, ModelError
+from ..core.errors import BackendUnavailable, DatasetError, ModelError
+from ..model.providers import CUDA, cuda_providers
 from ..model.session import load_session, one_line
 
 WINDOW_SHAPE = (1, melspec.N_MELS, melspec.WINDOW_FRAMES)
@@ -36,6 +37,10 @@ class AudioEncoder:
     def __init__(self, path: Path, providers=("CPUExecutionProvider",)):
         self.path = Path(path)
         self.session = load_session(self.path, list(providers))
+        asked = [p[0] if isinstance(p, tuple) else p for p in providers]
+        if asked[0] == CUDA and self.provider != CUDA:  # ONNX Runtime fell back to the CPU silently
+            raise BackendUnavailable(f"{self.path}: onnxruntime's CUDA provider did not start for the audio encoder "
+                                     f"(it would run on the CPU); use --backend cpu")
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         described = ", ".join(f"{a.name}{list(a.shape)}" for a in inputs) + " -> " + \
             ", ".join(f"{a.name}{list(a.shape)}" for a in outputs)
@@ -157,8 +162,10 @@ def speech_samples(samples) -> np.ndarray:
     return samples.astype(np.float32, copy=False)
 
 
-def encoder_providers(backend: str) -> list:
-    """ONNX Runtime providers for the encoder on `backend` (gpu: CUDA)."""
+def encoder_providers(backend: str, *, cudnn_algo: str = "EXHAUSTIVE", tf32: bool = True, device_id: int = 0,
+                      stream: int | None = None) -> list:
+    """ONNX Runtime providers for the encoder on `backend`: on gpu, CUDA with
+    the engine's own options (cuDNN search, TF32, its stream when given)."""
     if backend == "gpu":
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return cuda_providers(device_id=device_id, cudnn_algo=cudnn_algo, tf32=tf32, stream=stream)
     return ["CPUExecutionProvider"]

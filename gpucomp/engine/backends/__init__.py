@@ -44,18 +44,15 @@ def kernels_unavailable_reason() -> str | None:
 
 @lru_cache(maxsize=1)
 def cuda_unavailable_reason() -> str | None:
-    """None when the whole GPU engine can run: a CUDA device, NVRTC and ONNX
-    Runtime's CUDA provider; else why not, in a few words."""
+    """None when the whole GPU engine can run: a CUDA device, NVRTC that
+    compiles, and ONNX Runtime's CUDA provider starting for real (a probe
+    session); else why not, in a few words."""
     reason = kernels_unavailable_reason()
     if reason is not None:
         return reason
-    try:
-        import onnxruntime
-    except Exception as exc:
-        return f"onnxruntime cannot be imported: {exc}"
-    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-        return "onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
-    return None
+    from ...model.providers import cuda_provider_unavailable_reason
+
+    return cuda_provider_unavailable_reason()
 
 
 def resolve(name: str) -> tuple[str, str | None]:

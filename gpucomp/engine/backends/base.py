@@ -296,6 +296,11 @@ class Backend(ABC):
     def describe(self) -> str:
         return self.name
 
+    @property
+    def cuda_stream(self) -> int | None:
+        """The CUDA stream the model runs on, for other sessions to share (None off CUDA)."""
+        return None
+
     def __enter__(self):
         return self
 

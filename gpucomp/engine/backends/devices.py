@@ -232,22 +232,11 @@ class CudaDevice(Device):
         return f"gpu ({self.device_name}, device {self.device_id})"
 
     def providers(self, cudnn_algo, cuda_graph, tf32):
-        import onnxruntime as ort
+        from ...model.providers import cuda_providers
 
-        if hasattr(ort, "preload_dlls"):  # CUDA/cuDNN from the nvidia-* wheels, when installed that way
-            try:
-                ort.preload_dlls()
-            except Exception:  # the libraries may come from the system instead
-                pass
-        options = {
-            "device_id": str(self.device_id),
-            "user_compute_stream": str(self.compute.ptr),
-            "cudnn_conv_algo_search": cudnn_algo,
-            "enable_cuda_graph": "1" if cuda_graph else "0",
-            # TF32 convolutions change the model's numbers, never the compositing.
-            "use_tf32": "1" if tf32 else "0",
-        }
-        return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
+        # The model shares the compute stream with our kernels.
+        return cuda_providers(device_id=self.device_id, cudnn_algo=cudnn_algo, tf32=tf32, stream=self.compute.ptr,
+                              cuda_graph=cuda_graph)
 
     def run_options(self, graph_id: int | None = None):
         options = super().run_options()

@@ -118,6 +118,10 @@ class GpuBackend(Backend):
     def describe(self) -> str:
         return self.device.describe()
 
+    @property
+    def cuda_stream(self) -> int | None:
+        return None if self.name == "gpu-sim" else self.device.compute.ptr
+
     # -- memory ---------------------------------------------------------------
 
     @property
@@ -161,38 +165,48 @@ class GpuBackend(Backend):
     # -- set-up ---------------------------------------------------------------
 
     def warm_up(self, sizes):
-        """Bind and warm up each new batch size, largest first.
-
-        With CUDA graphs, ONNX Runtime captures a graph id's first run after a
-        few regular runs counted per thread, not per graph id: so every new
-        size first runs uncaptured (graph id -1) until its algorithm search and
-        allocations are done, and only then once under its own graph id."""
+        """Bind and warm up each new batch size, largest first (see _warm_up)."""
         new = sorted((s for s in set(sizes) if s not in self.bindings), reverse=True)
         if not new:
             return
         self.check_batches(new)
+        # A capture must not meet another thread's CUDA calls: a size first
+        # seen while a ring decodes ahead runs without a graph.
+        capture = self.cuda_graph and not any(c.ring.streaming for c in self.caches)
         for size in new:
             if size > self.settings.batch:
                 raise ValueError(f"batch of {size} frames exceeds the engine's batch of {self.settings.batch}")
             self.bindings[size] = self._bind(size)
-            self.run_options[size] = self.device.run_options(size if self.cuda_graph else None)
+            graph = size if capture else (UNCAPTURED if self.cuda_graph else None)
+            self.run_options[size] = self.device.run_options(graph)
         self._warm_up(new)
 
     def _warm_up(self, sizes=None):
-        """Untimed runs of every bound batch shape (or of `sizes`)."""
+        """Untimed runs of every bound batch shape (or of `sizes`): allocation,
+        cuDNN's algorithm search, thread pools settling.
+
+        With CUDA graphs, ONNX Runtime 1.31's CUDA provider counts the regular
+        runs before a capture once per thread, not per graph id: once any size
+        has run, the first run under a new graph id is captured at once, and a
+        capture during cuDNN's search fails. So every size first runs
+        uncaptured (graph id -1) until settled, all of them before any capture;
+        then each runs under its own graph id as often (captured on the first
+        of those, or, where the count is kept per graph id, on a later one)."""
         sizes = list(sizes if sizes is not None else self.bindings)
-        if self.cuda_graph:
-            uncaptured = self.device.run_options(UNCAPTURED)
-            what, hint = "capturing the model as a CUDA graph", "; run without --cuda-graph"
+        run = self.session.run_bound
+        if not self.cuda_graph:
             for size in sizes:
                 for _ in range(WARM_UP_RUNS):
-                    self.session.run_bound(self.bindings[size], uncaptured, what=what, hint=hint)
-            for size in sizes:
-                self.session.run_bound(self.bindings[size], self.run_options[size], what=what, hint=hint)
+                    run(self.bindings[size], self.run_options[size])
         else:
+            what, hint = "capturing the model as a CUDA graph", "; run without --cuda-graph"
+            uncaptured = self.device.run_options(UNCAPTURED)
             for size in sizes:
                 for _ in range(WARM_UP_RUNS):
-                    self.session.run_bound(self.bindings[size], self.run_options[size])
+                    run(self.bindings[size], uncaptured, what=what, hint=hint)
+            for size in sizes:
+                for _ in range(WARM_UP_RUNS):
+                    run(self.bindings[size], self.run_options[size], what=what, hint=hint)
         self.device.synchronize()
 
     def _bind(self, size: int):
