@@ -68,7 +68,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features-seconds", type=_float_range(0.5, 36000), default=60.0,
                    help="built-in speech for the features throughput (default 60 s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    live = p.add_argument_group("live sessions (--live runs only these)")
+    live.add_argument("--live", action="store_true",
+                      help="the live benchmark: a serve process and N synthetic speakers at once, N = 1, 2, 4, ...")
+    live.add_argument("--live-sessions", type=_session_counts, default=None,
+                      help="session counts to try, e.g. 1,2,4,8 (default 1, 2, 4, ... 512; stops at the first "
+                           "count some session cannot hold)")
+    live.add_argument("--live-seconds", type=_float_range(1, 600), default=8.0,
+                      help="speech each session streams (default 8 s)")
+    live.add_argument("--live-batch", type=_int_range(1, 256), default=8, help="the server's batch (default 8)")
+    live.add_argument("--live-backend", choices=("auto", "cpu", "gpu", "gpu-sim"), default="auto")
+    live.add_argument("--live-width-mult", type=_float_range(0, 4), default=0.25,
+                      help="the demo UNet's width when --model is not given (default 0.25)")
     return p
+
+
+def _session_counts(text: str) -> list[int]:
+    from .live import counts
+
+    try:
+        return counts(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of session counts like 1,2,4,8") from None
 
 
 def _say(message: str):
@@ -214,9 +235,42 @@ def ratios(summary: list[dict], isolated: dict, encode_only: dict | None) -> dic
     return out
 
 
+def run_live(args) -> str:
+    """--live: the live benchmark alone; returns its Markdown."""
+    from ..cli.demo import demo_audio_encoder, demo_dataset, demo_model
+    from ..core.telemetry import NvmlSampler, nvml_unavailable_reason
+    from ..engine.backends import resolve
+    from . import live
+
+    data = args.data or demo_dataset(100, quiet=args.quiet)
+    model = args.model or demo_model(args.live_width_mult, quiet=args.quiet)
+    encoder = demo_audio_encoder(quiet=args.quiet)
+    backend, notice = resolve(args.live_backend)
+    if notice:
+        _say(f"note: {notice}")
+    gpu_info = None
+    if nvml_unavailable_reason() is None:
+        sampler = NvmlSampler()
+        gpu_info = sampler.device_info()
+        sampler.stop()
+    info = machine.describe(gpu_info, unavailable_reason("gpu"))
+    stamp = datetime.now(timezone.utc)
+    out = args.output or Path("benchmarks/results") / (f"{stamp:%Y-%m-%d}-{machine.slug(info['host'])}-"
+                                                       f"{machine.slug(gpu_info['name']) if gpu_info else 'cpu-only'}-live")
+    _say(f"live benchmark: results go to {out}")
+    section = live.run(data, model, encoder, backend=backend, counts=args.live_sessions or live.default_counts(),
+                       seconds=args.live_seconds, batch=args.live_batch, workers=args.workers, lead=0.2, say=_say)
+    text = live.write(section, out, ["python", "-m", "gpucomp.bench", *sys.argv[1:]], info)
+    return text + f"\nreports written to {out}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     def bench():
-        report = run(build_parser().parse_args(argv))
+        args = build_parser().parse_args(argv)
+        if args.live:
+            print(run_live(args))
+            return 0
+        report = run(args)
         print(reports.markdown(report))
         print(f"reports written to {report['output']}")
         return 0

@@ -208,6 +208,15 @@ class Engine:
         avatar.cache, avatar.engine = None, None
         self.avatars.remove(avatar)
 
+    def avatar_frame(self, avatar: Avatar, frame: int) -> np.ndarray:
+        """The resident avatar's own frame `frame` (H, W, 3 uint8 BGR), as cached:
+        what a stream shows while the avatar is silent."""
+        if avatar.engine is not self or avatar.cache is None:
+            raise GpucompError(f"{avatar.path}: is not loaded in this engine")
+        if not 0 <= int(frame) < len(avatar):
+            raise GpucompError(f"frame {frame} is outside the avatar's frames 0..{len(avatar) - 1}")
+        return self._backend.cached_frame(avatar.cache, int(frame))
+
     # -- speech --------------------------------------------------------------------
 
     def features(self, speech, *, rate: int | None = None, smooth: bool = False, fps: float = 25.0,

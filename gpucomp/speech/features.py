@@ -6,7 +6,8 @@ encoder in batches, optional smoothing, and the first and last rows repeated.
 
 The encoder is any ONNX model with one input [B, 1, 80, 16] and one output
 [B, 512] (names differ between exports, so they are found by shape); on the
-gpu backend it runs on ONNX Runtime's CUDA provider.
+gpu backend it runs on ONNX Runtime's CUDA provider. The arithmetic is that of
+speech/stream.py, which computes the same rows as speech arrives.
 """
 
 from __future__ import annotations
@@ -94,7 +95,11 @@ def pad_rows(rows: np.ndarray) -> np.ndarray:
 def speech_features(samples: np.ndarray, encoder: AudioEncoder, *, fps: float = 25.0, smooth: bool = False,
                     batch: int = ENCODER_BATCH, times: FeatureTimes | None = None, progress=None,
                     where: str = "speech") -> np.ndarray:
-    """(M, 512) float32 features of 16 kHz mono `samples` at `fps` video frames per second."""
+    """(M, 512) float32 features of 16 kHz mono `samples` at `fps` video frames
+    per second: the whole speech through the streaming front end
+    (speech/stream.py), so features computed as speech arrives are these rows."""
+    from .stream import FeatureStream
+
     times = times if times is not None else FeatureTimes()
     frames = melspec.mel_frames(len(samples))
     if frames < melspec.WINDOW_FRAMES:
@@ -102,29 +107,40 @@ def speech_features(samples: np.ndarray, encoder: AudioEncoder, *, fps: float = 
         raise DatasetError(f"{where}: {len(samples) / melspec.SAMPLE_RATE:.3f} s of speech is shorter than one "
                            f"mel window; at least {need / melspec.SAMPLE_RATE:.4f} s ({need} samples at 16 kHz) "
                            f"is needed")
+    stream = FeatureStream(fps)
     t0 = time.perf_counter()
-    mel = melspec.mel_spectrogram(samples)
+    stream.push(samples)
+    stream.end()
     times.mel += time.perf_counter() - t0
-    starts = melspec.window_starts(frames, fps)
-    count = len(starts)
     if encoder.fixed_batch is not None:
         batch = encoder.fixed_batch
-    rows = np.empty((count, FEATURE_DIM), np.float32)
-    for lo in range(0, count, batch):
+    while not stream.done:
         t0 = time.perf_counter()
-        windows = melspec.mel_windows(mel, starts[lo : lo + batch])
+        first, windows = stream.take_windows(batch)
         times.mel += time.perf_counter() - t0
-        if encoder.fixed_batch is not None and len(windows) < batch:  # a static-batch export: fill the last batch
-            windows = np.concatenate([windows, np.repeat(windows[-1:], batch - len(windows), axis=0)])
-        t0 = time.perf_counter()
-        encoded = encoder.encode(windows)
-        times.encoder += time.perf_counter() - t0
-        rows[lo : lo + batch] = encoded[: count - lo]
+        stream.put_rows(first, encode_windows(encoder, windows, times))
         if progress:
-            progress(min(lo + batch, count))
+            progress(stream.encoded)
+    rows = stream.encoder_rows
     if smooth:
         rows = smooth_rows(rows)
     return pad_rows(rows)
+
+
+def encode_windows(encoder: AudioEncoder, windows: np.ndarray, times: FeatureTimes | None = None) -> np.ndarray:
+    """[B, 1, 80, 16] -> [B, 512] through the encoder; a static-batch export gets
+    its last batch filled up (and the filling dropped)."""
+    count = len(windows)
+    if not count:
+        return np.empty((0, FEATURE_DIM), np.float32)
+    step = encoder.fixed_batch or count
+    if count % step:
+        windows = np.concatenate([windows, np.repeat(windows[-1:], step - count % step, axis=0)])
+    t0 = time.perf_counter()
+    out = np.concatenate([encoder.encode(windows[lo : lo + step]) for lo in range(0, len(windows), step)])
+    if times is not None:
+        times.encoder += time.perf_counter() - t0
+    return out[:count]
 
 
 def compute_features(speech, encoder: AudioEncoder, *, rate: int | None = None, fps: float = 25.0,

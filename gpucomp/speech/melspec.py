@@ -74,6 +74,78 @@ _WINDOW = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(N_FFT) / N_FFT)  # periodic
 
 # ----------------------------------------------------------- spectrogram
 
+# The filterbank product is an einsum, not BLAS: BLAS's result for one STFT
+# frame depends (in the last bits) on how many frames share the call, and a
+# frame must come out the same whether it is computed with the whole file or
+# alone as speech streams in. Every other step is per frame already.
+_FILTERBANK_T = np.ascontiguousarray(_FILTERBANK.T.astype(np.float64))
+
+
+def _mel_rows(frames: np.ndarray) -> np.ndarray:
+    """Normalised mel rows (n, 80) float64 of n padded, pre-emphasised STFT frames (n, 800)."""
+    out = np.empty((len(frames), N_MELS), np.float64)
+    for lo in range(0, len(frames), _BLOCK):
+        block = frames[lo : lo + _BLOCK] * _WINDOW
+        magnitude = np.abs(np.fft.rfft(block, axis=1))
+        mel = np.einsum("fb,bm->fm", magnitude, _FILTERBANK_T, optimize=False)
+        db = 20.0 * np.log10(np.maximum(MIN_LEVEL, mel)) - REF_LEVEL_DB
+        out[lo : lo + len(block)] = np.clip(2 * MAX_ABS_VALUE * ((db - MIN_LEVEL_DB) / -MIN_LEVEL_DB) - MAX_ABS_VALUE,
+                                            -MAX_ABS_VALUE, MAX_ABS_VALUE)
+    return out
+
+
+class MelStream:
+    """The mel spectrogram of speech pushed piece by piece.
+
+    STFT frame t covers padded samples [200 t, 200 t + 800), i.e. speech up to
+    sample 200 t + 400: its row is final as soon as those samples are in, and
+    the last rows (which reach into the right-hand zero padding) once `end()`
+    says there is no more. Rows are identical to `mel_spectrogram` of all the
+    samples, however the speech was cut."""
+
+    def __init__(self):
+        self.samples = 0      # samples pushed
+        self.rows = 0         # rows returned
+        self.ended = False
+        self._last = None     # the last sample pushed (pre-emphasis reaches back one)
+        # Pre-emphasised samples from padded index `_origin` on, the left zero padding first.
+        self._buffer = np.zeros(N_FFT // 2, np.float64)
+        self._origin = 0
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        """Add samples (16 kHz mono floats); the rows (k, 80) that became final."""
+        if self.ended:
+            raise ValueError("the speech has ended")
+        x = np.asarray(samples, dtype=np.float64).reshape(-1)
+        if not len(x):
+            return np.empty((0, N_MELS), np.float64)
+        emphasised = np.empty_like(x)
+        emphasised[0] = x[0] if self._last is None else x[0] - PREEMPHASIS * self._last
+        np.subtract(x[1:], PREEMPHASIS * x[:-1], out=emphasised[1:])
+        self._last = x[-1]
+        self.samples += len(x)
+        self._buffer = np.concatenate([self._buffer, emphasised])
+        return self._take((self._origin + len(self._buffer) - N_FFT) // HOP + 1)
+
+    def end(self) -> np.ndarray:
+        """No more speech: the last rows, with the right-hand zero padding."""
+        if not self.ended:
+            self.ended = True
+            self._buffer = np.concatenate([self._buffer, np.zeros(N_FFT // 2)])
+        return self._take(mel_frames(self.samples))
+
+    def _take(self, final: int) -> np.ndarray:
+        if final <= self.rows:
+            return np.empty((0, N_MELS), np.float64)
+        first = self.rows * HOP - self._origin
+        frames = np.lib.stride_tricks.sliding_window_view(self._buffer[first:], N_FFT)[::HOP][: final - self.rows]
+        rows = _mel_rows(frames)
+        self.rows = final
+        # Keep only what the next frame needs.
+        drop = self.rows * HOP - self._origin
+        self._buffer, self._origin = self._buffer[drop:].copy(), self._origin + drop
+        return rows
+
 
 def mel_spectrogram(samples: np.ndarray) -> np.ndarray:
     """(T, 80) float64 normalised mel spectrogram of 16 kHz mono samples, in [-4, 4]:
@@ -81,23 +153,8 @@ def mel_spectrogram(samples: np.ndarray) -> np.ndarray:
         pre-emphasis 0.97 -> |STFT| (n_fft 800, hop 200, Hann, centred, zero padding)
         -> mel -> 20 log10(max(1e-5, mel)) - 20 -> clip(8 (S + 100) / 100 - 4, -4, 4)
     """
-    x = np.asarray(samples, dtype=np.float64)
-    emphasised = np.empty_like(x)
-    if len(x):
-        emphasised[0] = x[0]
-        np.subtract(x[1:], PREEMPHASIS * x[:-1], out=emphasised[1:])
-    padded = np.pad(emphasised, N_FFT // 2)
-    frames = mel_frames(len(x))
-    out = np.empty((frames, N_MELS), np.float64)
-    starts = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP]
-    for lo in range(0, frames, _BLOCK):
-        block = starts[lo : lo + _BLOCK] * _WINDOW
-        magnitude = np.abs(np.fft.rfft(block, axis=1))
-        mel = magnitude @ _FILTERBANK.T.astype(np.float64)
-        db = 20.0 * np.log10(np.maximum(MIN_LEVEL, mel)) - REF_LEVEL_DB
-        out[lo : lo + len(block)] = np.clip(2 * MAX_ABS_VALUE * ((db - MIN_LEVEL_DB) / -MIN_LEVEL_DB) - MAX_ABS_VALUE,
-                                            -MAX_ABS_VALUE, MAX_ABS_VALUE)
-    return out
+    stream = MelStream()
+    return np.concatenate([stream.push(samples), stream.end()])
 
 
 # ----------------------------------------------------------- windows
@@ -108,12 +165,15 @@ def window_count(frames: int, fps: float) -> int:
     return int((frames - WINDOW_FRAMES) / MEL_PER_SECOND * fps) + 2
 
 
+def window_start(k, fps: float):
+    """int(80 k / fps): the first mel frame of window k while the speech goes on."""
+    return (MEL_PER_SECOND * (np.asarray(k, dtype=np.float64) / float(fps))).astype(np.int64)
+
+
 def window_starts(frames: int, fps: float) -> np.ndarray:
     """First mel frame of window k = 0 .. n-1: int(80 k / fps), shifted back to
     end at T where it would run past it."""
-    k = np.arange(window_count(frames, fps), dtype=np.float64)
-    starts = (MEL_PER_SECOND * (k / float(fps))).astype(np.int64)
-    return np.minimum(starts, frames - WINDOW_FRAMES)
+    return np.minimum(window_start(np.arange(window_count(frames, fps)), fps), frames - WINDOW_FRAMES)
 
 
 def mel_windows(mel: np.ndarray, starts: np.ndarray) -> np.ndarray:

@@ -210,6 +210,10 @@ class Backend(ABC):
         cache.geometry = cache.taps = None
         self._reserve_frame_bytes = max((c.dataset.width * c.dataset.height * 3 for c in self.caches), default=0)
 
+    def cached_frame(self, cache: FrameCache, slot: int) -> np.ndarray:
+        """A host copy of the full frame in `slot` of `cache`."""
+        return np.array(cache.ring.full[slot], copy=True)
+
     def _check_device_memory(self, need: int, what: str):
         """A last check against the memory itself (a budget may exceed it)."""
 

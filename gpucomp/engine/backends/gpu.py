@@ -142,6 +142,9 @@ class GpuBackend(Backend):
     def _check_device_memory(self, need: int, what: str):
         self.device.check_memory(need, what)
 
+    def cached_frame(self, cache: FrameCache, slot: int) -> np.ndarray:
+        return self.device.to_host(cache.ring.full[slot])
+
     def _reserve_output(self, batch: int, frame_bytes: int):
         capacity = self.settings.batch * aligned(frame_bytes)
         if capacity <= self.out_capacity:

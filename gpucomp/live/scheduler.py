@@ -1,0 +1,386 @@
+"""One scheduler for every live session: two threads around one engine.
+
+The slot thread, every frame period of any session,
+  1. takes what the sessions received (speech, end, flush), in order;
+  2. runs the mel front end on new speech and the audio encoder on the
+     windows of every session at once (one encoder call for all);
+  3. fills each session's frame slots that fall due within `lead` seconds:
+     the playing utterance's next row when its features are final (a render
+     job), else an idle frame (the avatar's own frame, encoded once, no model
+     run), so idle streams never wait on rendering.
+The render thread, which alone calls the engine's compositing, takes the
+render jobs of all sessions earliest due first, in batches of the engine's
+batch size (one `engine.composite` call: one model run and one composite
+launch for frames of many sessions and avatars), as soon as a batch is full
+or the earliest is due within half the lead, and hands the frames to encoder
+threads (JPEG or PNG). Finished frames go back to each session in frame
+order. A session's queue drops frames that are more than a second behind
+(counted), and a client that stops reading gets idle frames instead of
+rendered ones, so it never holds up the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+
+from ..core.errors import GpucompError
+from ..engine.api import Avatar, Engine, FrameRequest
+from ..io.encode import encode_jpeg
+from ..io.png import encode_png
+from ..speech.features import encode_windows
+from ..speech.stream import samples_needed
+from .protocol import audio_span, pack_frame, pingpong
+from .session import Outgoing, Session, Utterance
+
+log = logging.getLogger("gpucomp.live")
+ENCODERS = {"jpeg": encode_jpeg, "png": encode_png}
+ENCODER_BATCH = 256  # windows per encoder call, all sessions together
+
+
+class _Render:
+    __slots__ = ("session", "frame", "avatar_frame", "utterance", "row", "due")
+
+    def __init__(self, session, frame, avatar_frame, utterance, row, due):
+        self.session, self.frame, self.avatar_frame = session, frame, avatar_frame
+        self.utterance, self.row, self.due = utterance, row, due
+
+
+class _InOrder:
+    """A session's finished frames, handed to its event loop in frame order."""
+
+    def __init__(self, session: Session):
+        self.session = session
+        self.lock = threading.Lock()
+        self.next = 0
+        self.waiting: dict[int, Outgoing] = {}
+
+    def ready(self, item: Outgoing):
+        with self.lock:
+            self.waiting[item.frame] = item
+            while self.next in self.waiting:
+                out = self.waiting.pop(self.next)
+                self.next += 1
+                if not self.session.closed:
+                    self.session.loop.call_soon_threadsafe(self.session.deliver, out)
+
+
+def _idle_header(n: int, f: int, fps: float) -> dict:
+    return {"frame": n, "avatar_frame": f, "utterance": None, "row": None, "pts": round(n / fps, 6), "needs": None}
+
+
+class Scheduler:
+    def __init__(self, engine: Engine, avatars: dict[str, Avatar], *, lead: float = 0.2, start_delay: float = 0.1,
+                 max_delay: float = 1.0, workers: int | None = None):
+        """lead: seconds before its due time a frame is filled (and rendered, at the
+        latest, half of it before); max_delay: seconds a finished frame may wait
+        behind its due time before it is dropped (a client that does not read)."""
+        if engine.encoder is None:
+            raise GpucompError("live sessions compute features from speech: the engine needs an audio encoder")
+        self.engine = engine
+        self.avatars = avatars
+        self.lead = lead
+        self.start_delay = start_delay
+        self.max_delay = max_delay
+        self.sessions: dict[str, Session] = {}
+        self._order: dict[str, _InOrder] = {}
+        self._cond = threading.Condition()        # sessions, and the slot thread's sleep
+        self._jobs = threading.Condition()        # render jobs and image requests, and the render thread's sleep
+        self._renders: list[_Render] = []
+        self._image_requests: list[tuple[str, str]] = []  # (avatar, format) whose idle frames are wanted
+        self._stop = False
+        self._threads: list[threading.Thread] = []
+        self._pool = ThreadPoolExecutor(max_workers=workers or engine.settings.workers, thread_name_prefix="live-encode")
+        self._idle: dict[tuple[str, str, int], Future] = {}
+        self.batch_sizes: Counter = Counter()
+        self.mixed_batches = 0  # batches holding frames of more than one session
+        self.late_skipped = 0   # speech frames shown idle: more than max_delay late before rendering
+        self._frame_seconds = 0.0  # rendering time per frame, a moving average
+        self.steps = 0
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self):
+        """Encode every avatar's idle frames as JPEG, then start the threads."""
+        for name in self.avatars:
+            self._encode_idle_images(name, "jpeg")
+        for future in list(self._idle.values()):
+            future.result()
+        self._threads = [threading.Thread(target=self._guarded, args=(self._slots,), name="live-slots", daemon=True),
+                         threading.Thread(target=self._guarded, args=(self._render,), name="live-render", daemon=True)]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self):
+        self._stop = True
+        for condition in (self._cond, self._jobs):
+            with condition:
+                condition.notify_all()
+        for thread in self._threads:
+            thread.join()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def open(self, avatar_name: str, fmt: str, loop) -> Session:
+        """A new session on `avatar_name` (event loop thread)."""
+        avatar = self.avatars[avatar_name]
+        session = Session(avatar_name, avatar, fmt, avatar.fps, time.monotonic() + self.start_delay, loop,
+                          queue_seconds=self.max_delay)
+        if (avatar_name, fmt, 0) not in self._idle:
+            with self._jobs:
+                self._image_requests.append((avatar_name, fmt))
+                self._jobs.notify_all()
+        with self._cond:
+            self.sessions[session.id] = session
+            self._order[session.id] = _InOrder(session)
+            self._cond.notify_all()
+        return session
+
+    def close(self, session: Session):
+        """Forget a session and everything it holds (event loop thread)."""
+        session.closed = True
+        with self._cond:
+            self.sessions.pop(session.id, None)
+            self._order.pop(session.id, None)
+            self._cond.notify_all()
+
+    def wake(self):
+        with self._cond:
+            self._cond.notify_all()
+
+    def _guarded(self, loop):
+        """Run a thread's loop; a failure is told to every session and the loop goes on."""
+        while not self._stop:
+            try:
+                loop()
+            except Exception as exc:
+                log.exception("live scheduling failed")
+                for session in list(self.sessions.values()):
+                    self._fail(session, f"the server could not render ({str(exc).splitlines()[0][:200]})")
+
+    # -- the slot thread -------------------------------------------------------------
+
+    def _slots(self):
+        while not self._stop:
+            with self._cond:
+                sessions = list(self.sessions.values())
+            self._step(sessions)
+            with self._cond:
+                if not self._stop and not any(s.inbox for s in self.sessions.values()):
+                    self._cond.wait(timeout=self._idle_time())
+
+    def _idle_time(self) -> float:
+        """Seconds until the next slot is to be filled (at most a tenth of a second)."""
+        now = time.monotonic()
+        nearest = min((s.due(s.next_slot) - self.lead for s in self.sessions.values()), default=now + 0.1)
+        return min(0.1, max(0.0, nearest - now))
+
+    def _step(self, sessions: list[Session]):
+        self.steps += 1
+        for session in sessions:
+            try:
+                self._ingest(session)
+            except (GpucompError, OverflowError, ValueError) as exc:
+                self._fail(session, str(exc))
+        self._encode_features([s for s in sessions if not s.closed])
+        now = time.monotonic()
+        jobs = []
+        for session in sessions:
+            if not session.closed:
+                jobs.extend(self._fill(session, now))
+        if jobs:
+            with self._jobs:
+                self._renders.extend(jobs)
+                self._jobs.notify_all()
+
+    def _ingest(self, session: Session):
+        for event in session.take_inbox():
+            kind = event[0]
+            if kind == "audio":
+                _, pcm, when = event
+                if not session.utterances or session.utterances[-1].stream.ended:
+                    session.utterances.append(Utterance(next(session.utterance_numbers), session.fps))
+                session.utterances[-1].add(pcm, when)
+            elif kind == "end":
+                if session.utterances and not session.utterances[-1].stream.ended:
+                    utterance = session.utterances[-1]
+                    utterance.end(event[1])
+                    rows = utterance.stream.rows
+                    message = {"type": "utterance", "utterance": utterance.number, "frames": rows,
+                               "seconds": utterance.samples / 16000}
+                    if not rows:
+                        session.utterances.remove(utterance)
+                        message["note"] = "shorter than one mel window (3000 samples): nothing to say"
+                    self._notify(session, message)
+            elif kind == "flush":
+                # Speech not yet rendered is dropped here; frames already rendered
+                # but not yet sent are turned into idle frames by the sender.
+                if session.utterances:
+                    last = session.utterances[-1].number
+                    session.utterances.clear()
+                    with self._jobs:
+                        dropped = [r for r in self._renders if r.session is session]
+                        self._renders = [r for r in self._renders if r.session is not session]
+                    for render in dropped:  # their slots still need a frame
+                        self._idle_frame(session, render.frame, render.avatar_frame)
+                    session.loop.call_soon_threadsafe(session.flushed, last)
+
+    def _encode_features(self, sessions: list[Session]):
+        """One encoder call for the new windows of every session."""
+        taken = []
+        for session in sessions:
+            for utterance in session.utterances:
+                first, windows = utterance.stream.take_windows()
+                if len(windows):
+                    taken.append((utterance.stream, first, windows))
+        if not taken:
+            return
+        windows = np.concatenate([w for _, _, w in taken])
+        rows = np.concatenate([encode_windows(self.engine.encoder, windows[lo : lo + ENCODER_BATCH])
+                               for lo in range(0, len(windows), ENCODER_BATCH)])
+        at = 0
+        for stream, first, w in taken:
+            stream.put_rows(first, rows[at : at + len(w)])
+            at += len(w)
+
+    def _fill(self, session: Session, now: float) -> list[_Render]:
+        """Every slot due within `lead`: the next speech row when it is ready (a
+        render job), else an idle frame."""
+        jobs = []
+        waiting, session.idle_waiting = session.idle_waiting, []
+        for n, f in waiting:
+            self._idle_frame(session, n, f)
+        while session.due(session.next_slot) - self.lead <= now:
+            n = session.next_slot
+            session.next_slot += 1
+            f = pingpong(n, session.frames)
+            while session.utterances and session.utterances[0].finished:
+                session.utterances.popleft()
+            utterance = session.utterances[0] if session.utterances else None
+            # A client whose queue is full gets its speech slots as idle frames:
+            # they would be dropped, and rendering them would delay the others.
+            backed_up = len(session.outbox) >= session.capacity
+            if utterance is not None and utterance.ready() and not backed_up:
+                k = utterance.next_row
+                utterance.next_row += 1
+                jobs.append(_Render(session, n, f, utterance, k, session.due(n)))
+            else:
+                self._idle_frame(session, n, f)
+        return jobs
+
+    def _idle_frame(self, session: Session, n: int, f: int, *, may_wait: bool = True) -> bool:
+        """Slot n becomes idle; False when its image is not under way yet and
+        `may_wait` is off (else it is retried at the next step: slot thread only)."""
+        payload = self.idle_payload(session, n, f)
+        order, due = self._order.get(session.id), session.due(n)
+        if order is None:
+            return True
+        if payload is None:  # the format's images are not under way yet (a new format)
+            if may_wait:
+                session.idle_waiting.append((n, f))
+            return may_wait
+        payload.add_done_callback(lambda done: order.ready(Outgoing(n, due, done.result(), False, None, f)))
+        return True
+
+    def idle_payload(self, session: Session, n: int, f: int) -> Future | None:
+        """The idle frame n of a session as a future of its bytes, once its image
+        is (being) encoded; any thread."""
+        image = self._idle.get((session.avatar_name, session.format, f))
+        if image is None:
+            return None
+        a, b = audio_span(n, session.fps)
+        header = _idle_header(n, f, session.fps)
+        payload: Future = Future()
+        image.add_done_callback(lambda done: payload.set_result(pack_frame(header, done.result(), bytes(2 * (b - a)))))
+        return payload
+
+    # -- the render thread -------------------------------------------------------------
+
+    def _render(self):
+        """Speech frames of every session, earliest due first, a batch per engine
+        call: as soon as a batch is full, else once the earliest is due within
+        half the lead (the other half gathers frames of other sessions)."""
+        batch = self.engine.settings.batch
+        with self._jobs:
+            while not self._stop and not self._image_requests:
+                self._renders = [r for r in self._renders if not r.session.closed]
+                if self._renders:
+                    self._renders.sort(key=lambda r: r.due)
+                    # Start once the batch is full, or when what is waiting would
+                    # take (as measured so far) about as long as is left before the
+                    # earliest is due, and at half the lead at the latest.
+                    needed = self._frame_seconds * min(batch, len(self._renders)) * 1.5
+                    wait = self._renders[0].due - max(self.lead / 2, needed) - time.monotonic()
+                    if len(self._renders) >= batch or wait <= 0:
+                        break
+                else:
+                    wait = None
+                self._jobs.wait(timeout=wait)
+            if self._stop:
+                return
+            requests, self._image_requests = self._image_requests, []
+            group, self._renders = self._renders[:batch], self._renders[batch:]
+        for name, fmt in requests:
+            self._encode_idle_images(name, fmt)
+        # Frames already more than max_delay late are not rendered: they would be
+        # dropped anyway, and rendering them would keep every later one late too.
+        now = time.monotonic()
+        stale = [r for r in group if now - r.due > self.max_delay]
+        group = [r for r in group if now - r.due <= self.max_delay or
+                 not self._idle_frame(r.session, r.frame, r.avatar_frame, may_wait=False)]
+        self.late_skipped += len(stale) - sum(r in group for r in stale)
+        if not group:
+            return
+        started = time.monotonic()
+        frames = self.engine.composite([FrameRequest(r.session.avatar, r.avatar_frame,
+                                                     r.utterance.stream.window(r.row)) for r in group])
+        per_frame = (time.monotonic() - started) / len(group)
+        self._frame_seconds = per_frame if not self._frame_seconds else 0.8 * self._frame_seconds + 0.2 * per_frame
+        self.batch_sizes[len(group)] += 1
+        self.mixed_batches += len({r.session.id for r in group}) > 1
+        for render, frame in zip(group, frames):
+            self._pool.submit(self._finish, render, frame)
+
+    def _encode_idle_images(self, name: str, fmt: str):
+        """Every idle frame of an avatar in a format, encoded once (engine's thread)."""
+        avatar = self.avatars[name]
+        for f in range(len(avatar)):
+            if (name, fmt, f) not in self._idle:
+                self._idle[name, fmt, f] = self._pool.submit(ENCODERS[fmt], self.engine.avatar_frame(avatar, f))
+
+    def _finish(self, render: _Render, frame: np.ndarray):
+        """Encode a rendered speech frame and hand it on (encoder thread)."""
+        session, utterance, k = render.session, render.utterance, render.row
+        order = self._order.get(session.id)
+        if order is None:
+            return
+        needs = samples_needed(k, session.fps)
+        if utterance.stream.ended:
+            needs = min(needs, utterance.samples)
+        header = {"frame": render.frame, "avatar_frame": render.avatar_frame, "utterance": utterance.number,
+                  "row": k, "pts": round(render.frame / session.fps, 6), "needs": needs}
+        try:
+            image = ENCODERS[session.format](frame)
+        except Exception as exc:  # an encoder failure ends this session alone
+            log.exception("encoding a live frame failed")
+            self._fail(session, f"encoding a frame failed ({str(exc).splitlines()[0][:160]})")
+            return
+        order.ready(Outgoing(render.frame, render.due, pack_frame(header, image, utterance.audio(k)), True,
+                             utterance.needed_at(k), render.avatar_frame, utterance.number))
+
+    def _notify(self, session: Session, message: dict):
+        if not session.closed:
+            session.loop.call_soon_threadsafe(session.notify, message)
+
+    def _fail(self, session: Session, text: str):
+        self._notify(session, {"type": "error", "message": text})
+
+    def stats(self) -> dict:
+        """What the scheduler has done, for /v1/stats and the live benchmark."""
+        return {"sessions": len(self.sessions), "steps": self.steps, "mixed_batches": self.mixed_batches,
+                "late_skipped": self.late_skipped,
+                "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())}}
