@@ -39,6 +39,7 @@ def rss() -> int:
         return int(f.read().split()[1]) * 4096
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_engine_render_equals_the_render_command(small_dataset, tiny_model, tmp_path, backend):
     assert run_cli("render", "--data", small_dataset, "--model", tiny_model, "--output", tmp_path / "cli",
@@ -54,6 +55,7 @@ def test_engine_render_equals_the_render_command(small_dataset, tiny_model, tmp_
         assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "api" / name).read_bytes()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_speech_render_equals_the_command(small_dataset, tiny_model, audio_encoder, tmp_path, backend):
     from gpucomp.io.synth import synthetic_speech
@@ -143,6 +145,7 @@ def test_unload_gives_the_memory_back(small_dataset, tiny_model, backend):
         assert again.resident
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_an_avatar_that_does_not_fit_is_refused_and_the_first_still_renders(small_dataset, small_avatar,
                                                                           tiny_model, tmp_path, backend):

@@ -18,6 +18,8 @@ from .test_render import expected_frames
 
 SCHEMA = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.schema.json"
 
+pytestmark = pytest.mark.slow  # whole benchmark runs: seconds each
+
 
 @pytest.fixture(scope="module")
 def bench_report(small_dataset, tiny_model, tmp_path_factory):
@@ -103,3 +105,25 @@ def test_speech_rows(bench_report):
     for run in runs.values():
         assert run["frames"] == 17 + 2  # 0.8 s: T = 65 mel frames, n = int(49 / 80 * 25) + 2 = 17
         assert run["speech_over_features"] == run["speech_s"]["median"] / run["features_s"]["median"]
+
+
+def test_the_default_output_is_a_new_folder_here_and_said_first(small_dataset, tiny_model, tmp_path, monkeypatch,
+                                                                 capsys):
+    monkeypatch.chdir(tmp_path)
+    assert bench_main(["--data", str(small_dataset), "--model", str(tiny_model), "--frames", "4", "--repeat", "1",
+                       "--backends", "cpu", "--no-isolation", "--no-exactness", "--no-speech", "--quiet"]) == 0
+    folders = list(tmp_path.glob("gpucomp-bench-*"))
+    assert len(folders) == 1 and (folders[0] / "bench.json").is_file()
+    assert not (tmp_path / "benchmarks").exists()
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("benchmark: quick") and f"results go to {folders[0].name}/" in err[0]
+
+
+def test_an_output_that_cannot_be_a_folder_is_one_line(small_dataset, tiny_model, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for output in (blocker, blocker / "under"):
+        assert bench_main(["--data", str(small_dataset), "--model", str(tiny_model), "--frames", "2",
+                           "--backends", "cpu", "--output", str(output), "--quiet"]) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert len(err) == 1 and "cannot write the results there" in err[0]

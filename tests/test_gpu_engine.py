@@ -41,6 +41,7 @@ def assert_same_frames(a, b):
         assert np.array_equal(fa, fb), f"{name}: {(fa != fb).sum()} bytes differ"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [("--batch", "4"), ("--batch", "5", "--feather", "3", "--workers", "2")])
 def test_gpu_sim_equals_cpu(small_dataset, tiny_model, tmp_path, extra, capsys):
     cpu = render(tmp_path, "cpu", small_dataset, tiny_model, "cpu", *extra)

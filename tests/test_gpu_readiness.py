@@ -187,6 +187,7 @@ def test_inference_alone_works_on_a_streaming_ring(long_dataset, tiny_model):
             engine.infer_only(range(first, first + 4))
 
 
+@pytest.mark.slow
 def test_waiting_for_decode_is_not_counted_as_inference(small_dataset, monkeypatch):
     from gpucomp.cli.demo import echo_model_path
     from gpucomp.engine.framecache import FrameRing

@@ -28,6 +28,8 @@ from gpucomp.live.server import CONNECTIONS, LiveServer
 
 BATCH = 8
 
+pytestmark = pytest.mark.slow  # a server and real-time sessions: seconds each
+
 
 @pytest.fixture(scope="module")
 def second_avatar(tmp_path_factory) -> Path:

@@ -32,6 +32,7 @@ def assert_same(a, b):
         assert np.array_equal(fa[name], fb[name]), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["cpu", "gpu-sim"])
 def test_streaming_ring_equals_full_preload(long_dataset, tiny_model, tmp_path, backend):
     from gpucomp.engine.backends import RenderSettings, create
@@ -58,6 +59,7 @@ def test_budget_too_small_for_streaming(long_dataset, tiny_model, tmp_path, caps
     assert "raise --cache-budget or lower --batch" in err[0]
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_is_bit_identical(small_dataset, tiny_model, tmp_path):
     # 120 frames from features over the 24-frame avatar (ping-pong): long enough
     # that the kill always comes before the end.
@@ -143,6 +145,7 @@ def test_model_failing_mid_run(small_dataset, tiny_model, tmp_path, monkeypatch,
     assert not list(out.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["cpu", "gpu-sim"])
 def test_many_workers_small_batches_are_deterministic(small_dataset, tiny_model, tmp_path, backend):
     runs = [("a", "16", "1"), ("b", "16", "1"), ("c", "1", "1"), ("d", "13", "2")]

@@ -147,6 +147,7 @@ def render_cli(data: Path, model: Path, out: Path, backend: str, *extra) -> Path
     return out
 
 
+@pytest.mark.slow
 def test_speech_render_agrees_across_backends_and_follows_the_schedule(small_dataset, echo_model_file, speech,
                                                                        audio_encoder, features_file, tmp_path):
     M = np.load(features_file).shape[0]
@@ -269,6 +270,7 @@ def test_streaming_ring_plays_pingpong_in_bounded_memory(long_avatar, echo_model
     assert ring.keys() == preloaded.keys() and all(np.array_equal(ring[k], preloaded[k]) for k in ring)
 
 
+@pytest.mark.slow
 def test_mp4_carries_the_speech_in_sync(small_dataset, tiny_model, audio_encoder, tmp_path):
     import av
 
@@ -293,6 +295,7 @@ def test_mp4_carries_the_speech_in_sync(small_dataset, tiny_model, audio_encoder
     assert lag < 4096
 
 
+@pytest.mark.slow
 def test_resume_finishes_a_speech_render_identically(small_dataset, tiny_model, features_file, tmp_path):
     args = ["--features", features_file, "--start", "10", "--frames", "8"]
     full = render_cli(small_dataset, tiny_model, tmp_path / "full", "cpu", *args)

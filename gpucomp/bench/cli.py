@@ -1,10 +1,13 @@
 """python -m gpucomp.bench: every backend on the same frames, side by side.
 
-With no arguments: the cached 100-frame demo dataset and the full-width
-UNet-328; backends seed, cpu and gpu (gpu-sim on request); 3 repeats; stage
-isolation; an exactness pass with the echo model; reports in
-benchmarks/results/<date>-<host>-<device>/. Without a GPU the gpu rows read
-`unavailable: <reason>` and the run still succeeds.
+With no arguments, a quick run (about two minutes on two cores without a
+GPU): the cached demo dataset (24 of its frames) and the full-width UNet-328;
+backends seed, cpu and gpu (gpu-sim on request); 3 repeats; stage isolation;
+an exactness pass with the echo model; the speech rows on 2 s of speech.
+`--full` is the whole measurement (100 frames, 8 s and 60 s of speech).
+Reports go to ./gpucomp-bench-<date>-<time>/ unless --output says where.
+Without a GPU the gpu rows read `unavailable: <reason>` and the run still
+succeeds.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..cli import _float_range, _int_range, _Parser, guarded
+from ..core.errors import GpucompError
 from ..io.dataset import Dataset
 from ..engine.framecache import preload
 from . import isolation, machine, reports, speech
@@ -50,7 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m gpucomp.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, help="dataset directory (default: the cached 100-frame demo dataset)")
     p.add_argument("--model", type=Path, help="ONNX model (default: the cached full-width UNet-328)")
-    p.add_argument("--frames", type=_int_range(1, 10**6), help="frames per run (default: the whole dataset)")
+    p.add_argument("--full", action="store_true",
+                   help="the whole measurement: every frame of the dataset, 8 s of speech rendered, 60 s for the "
+                        "features (the default is a quick run: 24 frames, 2 s and 20 s)")
+    p.add_argument("--frames", type=_int_range(1, 10**6),
+                   help="frames per run (default 24; with --full the whole dataset)")
     p.add_argument("--batch", type=_int_range(1, 256), default=4)
     p.add_argument("--workers", type=_int_range(1, 256), default=4)
     p.add_argument("--backends", type=_backends, default=["seed", "cpu", "gpu"],
@@ -59,14 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=_int_range(1, 100), default=3, help="timed repeats per configuration (default 3)")
     p.add_argument("--grid", nargs="?", const=DEFAULT_GRID, type=_grid, default=None,
                    help=f"also sweep batch x workers, BATCHES:WORKERS (default {DEFAULT_GRID})")
-    p.add_argument("--output", type=Path, help="results folder (default benchmarks/results/<date>-<host>-<device>)")
+    p.add_argument("--output", type=Path, help="results folder (default ./gpucomp-bench-<date>-<time>)")
     p.add_argument("--no-isolation", action="store_true", help="skip the stage-isolation measurements")
     p.add_argument("--no-exactness", action="store_true", help="skip the echo-model exactness pass")
     p.add_argument("--no-speech", action="store_true", help="skip the speech rows")
-    p.add_argument("--speech-seconds", type=_float_range(0.5, 3600), default=8.0,
-                   help="built-in speech rendered for the speech rows (default 8 s)")
-    p.add_argument("--features-seconds", type=_float_range(0.5, 36000), default=60.0,
-                   help="built-in speech for the features throughput (default 60 s)")
+    p.add_argument("--speech-seconds", type=_float_range(0.5, 3600), default=None,
+                   help="built-in speech rendered for the speech rows (default 2 s; 8 s with --full)")
+    p.add_argument("--features-seconds", type=_float_range(0.5, 36000), default=None,
+                   help="built-in speech for the features throughput (default 20 s; 60 s with --full)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     live = p.add_argument_group("live sessions (--live runs only these)")
     live.add_argument("--live", action="store_true",
@@ -96,11 +104,31 @@ def _say(message: str):
     print(message, file=sys.stderr, flush=True)
 
 
+QUICK = {"frames": 24, "speech_seconds": 2.0, "features_seconds": 20.0}
+FULL = {"frames": None, "speech_seconds": 8.0, "features_seconds": 60.0}
+
+
+def _fill_defaults(args):
+    """The quick run's sizes, or --full's, wherever an option was not given."""
+    for name, value in (FULL if args.full else QUICK).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+
+
+def default_output(kind: str = "bench") -> Path:
+    """./gpucomp-<kind>-<date>-<time>: in the current folder, never a source tree's benchmarks/results."""
+    return Path(f"gpucomp-{kind}-{datetime.now():%Y-%m-%d-%H%M%S}")
+
+
 def run(args) -> dict:
     from ..cli.demo import demo_dataset, demo_model, echo_model_path
     from ..core.telemetry import NvmlSampler, nvml_unavailable_reason
 
+    _fill_defaults(args)
     show = not args.quiet
+    out = args.output or default_output()
+    _say(f"benchmark: {'full' if args.full else 'quick (--full for the whole measurement)'} run; "
+         f"results go to {out}/")
     data = args.data or demo_dataset(100, quiet=args.quiet)
     model = args.model or demo_model(1.0, quiet=args.quiet)
     dataset = Dataset.open(data)
@@ -112,9 +140,10 @@ def run(args) -> dict:
     gpu_info = sampler.device_info() if sampler else None
     info = machine.describe(gpu_info, gpu_reason)
     stamp = datetime.now(timezone.utc)
-    device_slug = machine.slug(gpu_info["name"]) if gpu_info else "cpu-only"
-    out = args.output or Path("benchmarks/results") / f"{stamp:%Y-%m-%d}-{machine.slug(info['host'])}-{device_slug}"
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GpucompError(f"{out}: cannot write the results there ({exc.strerror or exc})") from None
 
     available = [b for b in args.backends if unavailable_reason(b) is None]
     unavailable = {b: unavailable_reason(b) for b in args.backends if unavailable_reason(b) is not None}
@@ -133,6 +162,7 @@ def run(args) -> dict:
                 kept = work / f"{keep_prefix}-{b}"
                 if sampler:
                     sampler.mark(f"{b} {label}")
+                _say(f"{label}: {b}, batch {args.batch}, workers {args.workers}: {repeats} x {len(indices)} frames")
                 runs = run_configuration(b, dataset, model_path, indices, batch=args.batch, workers=args.workers,
                                          fmt=args.format, repeats=repeats, workdir=work, clock=clock, show=show,
                                          model_label=label, keep_first=kept)
@@ -172,6 +202,7 @@ def run(args) -> dict:
             for b in [b for b in available if b != "seed"]:
                 for batch in batches:
                     for w in workers:
+                        _say(f"grid: {b}, batch {batch}, workers {w}: {args.repeat} x {len(indices)} frames")
                         runs = run_configuration(b, dataset, model, indices, batch=batch, workers=w, fmt=args.format,
                                                  repeats=args.repeat, workdir=work, clock=clock, show=show,
                                                  model_label="unet328-grid")
@@ -254,10 +285,8 @@ def run_live(args) -> str:
         gpu_info = sampler.device_info()
         sampler.stop()
     info = machine.describe(gpu_info, unavailable_reason("gpu"))
-    stamp = datetime.now(timezone.utc)
-    out = args.output or Path("benchmarks/results") / (f"{stamp:%Y-%m-%d}-{machine.slug(info['host'])}-"
-                                                       f"{machine.slug(gpu_info['name']) if gpu_info else 'cpu-only'}-live")
-    _say(f"live benchmark: results go to {out}")
+    out = args.output or default_output("bench-live")
+    _say(f"live benchmark: results go to {out}/")
     section = live.run(data, model, encoder, backend=backend, counts=args.live_sessions or live.default_counts(),
                        seconds=args.live_seconds, batch=args.live_batch, workers=args.workers, lead=0.2, say=_say)
     text = live.write(section, out, ["python", "-m", "gpucomp.bench", *sys.argv[1:]], info)

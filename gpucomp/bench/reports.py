@@ -7,6 +7,7 @@ import csv
 import json
 import statistics
 from pathlib import Path
+from textwrap import fill
 
 SCHEMA = "gpucomp.bench/1"
 STAGES = ("inference", "composite", "save")
@@ -154,29 +155,43 @@ def plots(report: dict, out: Path, sampler=None) -> list[str]:
 
     written = []
     main = [r for r in report["summary"] if r["model"] == "unet328" and not r.get("grid")]
+    unavailable = report.get("unavailable") or {}
+
+    def mark_unavailable(ax, labels: list[str]):
+        """An empty, labelled slot per backend that could not run, with the reason under the plot."""
+        for name in unavailable:
+            labels.append(f"{name}\n(unavailable)")
+            ax.bar([labels[-1]], [0])
+        if unavailable:
+            reasons = "; ".join(f"{name}: {why}" for name, why in unavailable.items())
+            ax.figure.text(0.01, 0.01, fill(reasons, 140), fontsize=7, va="bottom", color="#8c1c13")
+
     if main:
-        fig, ax = plt.subplots(figsize=(7, 3.5))
+        fig, ax = plt.subplots(figsize=(8, 4))
         labels = [r["backend"] for r in main]
         med = [r["fps"]["median"] for r in main]
         err = [[m - r["fps"]["min"] for m, r in zip(med, main)], [r["fps"]["max"] - m for m, r in zip(med, main)]]
         ax.bar(labels, med, yerr=err, capsize=4, color="#4c72b0")
+        mark_unavailable(ax, labels)
         ax.set_ylabel("frames/s (median, min-max)")
         ax.set_title("End-to-end throughput by backend")
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0.08 if unavailable else 0, 1, 1))
         fig.savefig(out / "fps_by_backend.png", dpi=110)
         plt.close(fig)
         written.append("fps_by_backend.png")
 
-        fig, ax = plt.subplots(figsize=(7, 3.5))
+        fig, ax = plt.subplots(figsize=(8, 4))
+        labels = [r["backend"] for r in main]
         bottom = [0.0] * len(main)
         for stage, color in zip(STAGES, ("#4c72b0", "#dd8452", "#55a868")):
             vals = [r["stages_ms"][stage] for r in main]
             ax.bar(labels, vals, bottom=bottom, label=stage, color=color)
             bottom = [b + v for b, v in zip(bottom, vals)]
+        mark_unavailable(ax, labels)
         ax.set_ylabel("busy ms per frame")
         ax.set_title("Stage breakdown (stages overlap in time)")
-        ax.legend()
-        fig.tight_layout()
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # beside the bars, never on them
+        fig.tight_layout(rect=(0, 0.08 if unavailable else 0, 1, 1))
         fig.savefig(out / "stage_breakdown.png", dpi=110)
         plt.close(fig)
         written.append("stage_breakdown.png")
@@ -198,7 +213,7 @@ def plots(report: dict, out: Path, sampler=None) -> list[str]:
             ax.set_xlabel("workers")
             ax.set_ylabel("frames/s")
             ax.set_title(f"{b}: batch x workers")
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
         fig.savefig(out / "grid_fps.png", dpi=110)
         plt.close(fig)

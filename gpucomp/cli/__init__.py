@@ -186,8 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="default out/demo (png/jpg) or out/demo.<format>")
     p.add_argument("--dataset-frames", type=_int_range(2, 100000), default=100,
                    help="frames in the demo dataset (default 100)")
+    p.add_argument("--model-kind", choices=("talking", "unet328"), default="talking",
+                   help="talking (default): a small model that shows the face with a mouth following the speech; "
+                        "unet328: the full UNet-328 with seeded weights (what the benchmark times; it paints noise)")
     p.add_argument("--width-mult", type=_float_range(0, 4), default=1.0,
-                   help="model width multiplier (default 1.0: the full UNet-328)")
+                   help="with --model-kind unet328: its width multiplier (default 1.0, the full UNet-328)")
     p.add_argument("--speech", action="store_true",
                    help="make the avatar say built-in synthetic speech, through the built-in audio encoder, "
                         "to out/demo-speech.mp4 with the speech as its track")
@@ -196,10 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_render_options(p)
 
     p = sub.add_parser("synth", help="write a synthetic demo dataset")
-    p.add_argument("--output", type=Path, required=True)
-    p.add_argument("--frames", type=_int_range(2, 100000), default=100)
-    p.add_argument("--seed", type=_int_range(0, 2**31 - 1), default=0)
+    p.add_argument("--output", type=Path, required=True, help="the dataset directory to create (new or empty)")
+    p.add_argument("--frames", type=_int_range(2, 100000), default=100, help="frames (default 100)")
+    p.add_argument("--seed", type=_int_range(0, 2**31 - 1), default=0,
+                   help="the same seed writes the same dataset (default 0)")
     p.add_argument("--size", default="1280x720", help="frame size WxH, even, at least 640x360 (default 1280x720)")
+    p.add_argument("--force", action="store_true", help="replace what --output holds")
+    p.add_argument("--quiet", action="store_true", help="no progress")
 
     p = sub.add_parser("prepare", help="an avatar dataset from a full-body video and its face rectangles")
     p.add_argument("--video", type=Path, required=True, help="the full-body video")
@@ -209,19 +215,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress")
 
     p = sub.add_parser("model", help="build UNet-328 (or its audio encoder) as ONNX with seeded weights")
-    p.add_argument("--output", type=Path, required=True)
-    p.add_argument("--kind", choices=("unet328", "echo", "ave"), default="unet328",
-                   help="echo: output = the input's roi channels, computed identically on every device, "
-                        "for bit-exact comparisons of backends end to end; ave: the audio encoder, mel "
-                        "windows [B,1,80,16] -> features [B,512]")
-    p.add_argument("--width-mult", type=_float_range(0, 4), default=1.0)
-    p.add_argument("--seed", type=_int_range(0, 2**31 - 1), default=0)
+    p.add_argument("--output", type=Path, required=True, help="the .onnx file to write")
+    p.add_argument("--kind", choices=("unet328", "echo", "ave", "talking"), default="unet328",
+                   help="unet328 (default): the lip-sync model's graph with seeded weights; echo: output = the "
+                        "input's roi channels, computed identically on every device, for bit-exact comparisons of "
+                        "backends end to end; ave: the audio encoder, mel windows [B,1,80,16] -> features [B,512]; "
+                        "talking: the demo's model, the reference face with a mouth that follows the speech")
+    p.add_argument("--width-mult", type=_float_range(0, 4), default=1.0,
+                   help="unet328: channel width multiplier (default 1.0; 0.25 is a fast model for tests)")
+    p.add_argument("--seed", type=_int_range(0, 2**31 - 1), default=0, help="unet328, ave: weight seed (default 0)")
+    p.add_argument("--audio-encoder", type=Path, default=None,
+                   help="talking: the encoder whose features it reads (default: the built-in ave encoder)")
     return parser
 
 
 def _cmd_synth(args) -> int:
-    from ..io.synth import write_dataset
     from ..core.telemetry import decode_progress
+    from ..io.atomic import refuse_nonempty_output
+    from ..io.synth import write_dataset
 
     try:
         width, height = (int(v) for v in args.size.lower().split("x"))
@@ -229,7 +240,9 @@ def _cmd_synth(args) -> int:
         raise GpucompError(f"--size {args.size!r} is not WxH like 1920x1080") from None
     if width < 640 or height < 360 or width % 2 or height % 2:
         raise GpucompError(f"--size {args.size}: frames must be even-sized and at least 640x360")
-    report, close = decode_progress(args.frames, "synth", sys.stderr.isatty())
+    if not args.force:
+        refuse_nonempty_output(args.output, force_option="--force")
+    report, close = decode_progress(args.frames, "synth", not args.quiet)
     try:
         write_dataset(args.output, args.frames, args.seed, progress=report, width=width, height=height)
     except OSError as exc:
@@ -241,16 +254,16 @@ def _cmd_synth(args) -> int:
 
 
 def _cmd_prepare(args) -> int:
-    from ..io.atomic import refuse_output_over_inputs
-    from ..io.prepare import prepare_dataset
     from ..core.telemetry import decode_progress
-    from ..io.videoio import probe_video
+    from ..io.atomic import refuse_output_over_inputs
+    from ..io.prepare import plan_prepare, write_prepared
 
     # An output folder holding an input is not empty, which prepare refuses.
     refuse_output_over_inputs(args.output, None, [args.video, args.rects])
-    report, close = decode_progress(probe_video(args.video).frames, "prepare", not args.quiet)
+    plan = plan_prepare(args.video, args.rects, args.output)  # every check before the first progress bar
+    report, close = decode_progress(plan.frames, "prepare", not args.quiet)
     try:
-        frames = prepare_dataset(args.video, args.rects, args.output, report)
+        frames = write_prepared(plan, report)
     finally:
         close()
     print(f"wrote a {frames}-frame dataset to {args.output}; render it with --speech (it has no aud_ave.npy)")
@@ -265,6 +278,11 @@ def _cmd_model(args) -> int:
 
     if args.kind == "ave":
         model = build_audio_encoder(args.seed)
+    elif args.kind == "talking":
+        from ..model.talking import build_talking_model
+        from .demo import demo_audio_encoder, talking_calibration
+
+        model = build_talking_model(*talking_calibration(args.audio_encoder or demo_audio_encoder(quiet=True)))
     else:
         model = build_echo_model() if args.kind == "echo" else build_unet328(args.width_mult, args.seed)
     try:
@@ -272,22 +290,22 @@ def _cmd_model(args) -> int:
         onnx.save(model, str(args.output))
     except OSError as exc:
         raise GpucompError(f"{args.output}: cannot write the model ({exc.strerror or exc})") from None
-    what = {"echo": "echo model", "ave": "audio encoder (ave)"}.get(args.kind, f"UNet-328 (width {args.width_mult:g})")
+    what = {"echo": "echo model", "ave": "audio encoder (ave)", "talking": "talking demo model"}.get(
+        args.kind, f"UNet-328 (width {args.width_mult:g})")
     print(f"wrote {what}, {parameter_count(model):,} weights, to {args.output}")
     return 0
 
 
 def _cmd_demo(args) -> int:
-    from .demo import demo_dataset, demo_model
-
-    from .demo import demo_audio_encoder, demo_speech
+    from .demo import demo_audio_encoder, demo_dataset, demo_model, demo_speech, demo_talking_model
 
     _default_format(args, "mp4" if args.speech else "png")
     if args.output is None:
         name = "demo-speech" if args.speech else "demo"
         args.output = f"out/{name}" if args.format in ("png", "jpg") else f"out/{name}.{args.format}"
     args.data = demo_dataset(args.dataset_frames, quiet=args.quiet)
-    args.model = demo_model(args.width_mult, quiet=args.quiet)
+    args.model = demo_talking_model(quiet=args.quiet) if args.model_kind == "talking" else \
+        demo_model(args.width_mult, quiet=args.quiet)
     args.speech = demo_speech(args.speech_seconds, quiet=args.quiet) if args.speech else None
     args.audio_encoder = demo_audio_encoder(quiet=args.quiet) if args.speech else None
     args.features, args.smooth = None, 0
@@ -306,10 +324,13 @@ def _cmd_features(args) -> int:
     import numpy as np
 
     from ..engine.backends import resolve
-    from ..io.atomic import refuse_output_over_inputs, write_atomic
+    from ..io.atomic import ensure_writable, refuse_output_over_inputs, write_atomic
     from ..speech.features import AudioEncoder, compute_features, encoder_providers
 
     refuse_output_over_inputs(args.output, None, [args.audio, args.encoder])
+    if args.output.is_dir():
+        raise GpucompError(f"{args.output}: is a directory; --output names the .npy file to write")
+    ensure_writable(args.output.parent, args.output)  # before the work, not after it
     name, notice = resolve(args.backend)
     if notice and not args.quiet:
         print(f"note: {notice}", file=sys.stderr)
@@ -353,7 +374,10 @@ def _cmd_render(args) -> int:
         raise GpucompError("--audio-encoder computes features from --speech; give --speech too")
     speech = args.speech is not None or args.features is not None
     avatar = Avatar.open(args.data, start=args.start, frames=args.frames, clip_rects=args.clip_rects,
-                         features=not speech)
+                         features=False if speech else None)
+    if not speech and avatar.features is None:
+        raise GpucompError(f"{args.data}: has no features of its own (aud_ave.npy; an avatar made by prepare has "
+                           f"none): give --speech SPEECH --audio-encoder ENCODER.onnx, or --features FEATURES.npy")
     dataset = avatar.dataset
     if str(args.output) != STDOUT:
         refuse_output_over_inputs(Path(args.output), dataset.root,
@@ -464,6 +488,10 @@ def guarded(run) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     def run():
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        if not (sys.argv[1:] if argv is None else argv):
+            parser.print_help(sys.stderr)  # no command: what there is to run
+            return EXIT_BAD_INPUT
+        args = parser.parse_args(argv)
         return COMMANDS[args.command](args)
     return guarded(run)

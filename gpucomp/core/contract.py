@@ -110,12 +110,13 @@ MAX_RECT_SIDE = 16384
 MAX_COORDINATE = 1 << 30
 
 
-def place(rect, frame_width: int, frame_height: int, *, clip: bool, where: str) -> Placement:
+def place(rect, frame_width: int, frame_height: int, *, clip: bool, where: str,
+          outside_hint: str = "use --clip-rects to write only the inside part") -> Placement:
     """Validate one rectangle against the frame and say where it lands.
 
     `where` names the file and frame for error messages. Empty or inverted
     rectangles are always bad input; rectangles reaching outside the frame are
-    bad input unless `clip`.
+    bad input unless `clip` (`outside_hint` then says what to do).
     """
     if not isinstance(rect, (list, tuple, np.ndarray)) or len(rect) != 4:
         raise DatasetError(f"{where}: rectangle must be [x1, y1, x2, y2], got {rect!r}")
@@ -133,7 +134,7 @@ def place(rect, frame_width: int, frame_height: int, *, clip: bool, where: str) 
     if not inside and not clip:
         raise DatasetError(
             f"{where}: rectangle {[x1, y1, x2, y2]} reaches outside the "
-            f"{frame_width}x{frame_height} frame (use --clip-rects to write only the inside part)"
+            f"{frame_width}x{frame_height} frame ({outside_hint})"
         )
     vx1, vy1 = max(x1, 0), max(y1, 0)
     vx2, vy2 = min(x2, frame_width), min(y2, frame_height)

@@ -103,3 +103,13 @@ def refuse_output_over_inputs(output: Path, input_dir: Path | None, inputs) -> N
     folder = Path(input_dir).resolve()
     if target == folder or folder in target.parents:
         raise OutputError(f"{output}: is inside the dataset directory {input_dir}; write the output elsewhere")
+
+
+def refuse_nonempty_output(output: Path, *, force_option: str | None = None) -> None:
+    """An OutputError when `output` exists and is not an empty directory: a
+    dataset is never written over something else (unless the caller's
+    `force_option` was given, which it then names)."""
+    output = Path(output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        how = f"; choose a new one, or give {force_option} to write over it" if force_option else "; choose a new one"
+        raise OutputError(f"{output}: exists and is not an empty directory{how}")

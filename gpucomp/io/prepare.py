@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -26,7 +27,8 @@ import numpy as np
 from ..core.contract import CROP_SIZE, place
 from .dataset import CROPS_VIDEO, FULL_VIDEO, RECT_FILES, load_rectangles
 from ..core.errors import DatasetError, OutputError
-from .videoio import FrameReader, H264Writer, probe_video
+from .atomic import refuse_nonempty_output
+from .videoio import FrameReader, H264Writer, VideoInfo, probe_video
 
 CROPS_CRF = 10  # the crops are the model's input: keep them close to lossless
 
@@ -37,8 +39,22 @@ def producer_crop(frame: np.ndarray, rect) -> np.ndarray:
     return cv2.resize(frame[y1:y2, x1:x2], (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_CUBIC)
 
 
-def prepare_dataset(video: Path, rects_path: Path, output: Path, progress=None) -> int:
-    """Write the dataset; returns its frame count."""
+@dataclass(frozen=True)
+class PreparePlan:
+    """A checked `prepare`: the video, its rectangles and where the dataset goes."""
+
+    info: VideoInfo
+    placements: list
+    output: Path
+
+    @property
+    def frames(self) -> int:
+        return len(self.placements)
+
+
+def plan_prepare(video: Path, rects_path: Path, output: Path) -> PreparePlan:
+    """Every check of `prepare` before anything is written or decoded: the
+    video, one rectangle per frame inside it, and a new or empty output."""
     video, rects_path, output = Path(video), Path(rects_path), Path(output)
     info = probe_video(video)
     raw = load_rectangles(rects_path)
@@ -46,15 +62,27 @@ def prepare_dataset(video: Path, rects_path: Path, output: Path, progress=None) 
         raise DatasetError(f"{rects_path}: no rectangles")
     if info.frames != len(raw):
         raise DatasetError(f"{video}: has {info.frames} frames but {rects_path.name} has {len(raw)} rectangles")
-    placements = [place(r, info.width, info.height, clip=False, where=f"{rects_path}: frame {i}")
+    placements = [place(r, info.width, info.height, clip=False, where=f"{rects_path}: frame {i}",
+                        outside_hint="prepare cuts each face out of the frame: move or shrink the rectangle "
+                                     "to lie inside it")
                   for i, r in enumerate(raw)]
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise OutputError(f"{output}: exists and is not an empty directory; choose a new one")
+    refuse_nonempty_output(output)
+    return PreparePlan(info, placements, output)
+
+
+def prepare_dataset(video: Path, rects_path: Path, output: Path, progress=None) -> int:
+    """Write the dataset; returns its frame count."""
+    return write_prepared(plan_prepare(video, rects_path, output), progress)
+
+
+def write_prepared(plan: PreparePlan, progress=None) -> int:
+    """Write a checked `prepare` (a hidden folder renamed into place when complete)."""
+    info, placements, output = plan.info, plan.placements, plan.output
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        shutil.copyfile(video, tmp / FULL_VIDEO)
+        shutil.copyfile(info.path, tmp / FULL_VIDEO)
         with FrameReader(info) as reader, \
                 H264Writer(tmp / CROPS_VIDEO, CROP_SIZE, CROP_SIZE, info.fps, crf=CROPS_CRF) as crops:
             for i, p in enumerate(placements):

@@ -68,9 +68,15 @@ def _voice(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray
     return audio, syllables
 
 
+def synthetic_voice(seconds: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic speech-like 16 kHz mono float32 samples (the demo's new
+    speech), and its syllable envelope in [0, 1] per sample."""
+    return _voice(np.random.default_rng(seed + 1_000_003), int(round(seconds * SAMPLE_RATE)))
+
+
 def synthetic_speech(seconds: float, seed: int = 0) -> np.ndarray:
     """Deterministic speech-like 16 kHz mono float32 samples (the demo's new speech)."""
-    return _voice(np.random.default_rng(seed + 1_000_003), int(round(seconds * SAMPLE_RATE)))[0]
+    return synthetic_voice(seconds, seed)[0]
 
 
 def make_script(frames: int, seed: int, width: int = WIDTH, height: int = HEIGHT) -> SynthScript:

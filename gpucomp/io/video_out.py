@@ -202,5 +202,5 @@ def choose_encoder(requested: str) -> tuple[str, str | None]:
     if reason is None:
         return "h264_nvenc", None
     if requested == "nvenc":
-        raise OutputError(f"h264_nvenc is not usable here ({reason})")
-    return "libx264", f"h264_nvenc is not usable here ({reason}); encoding with libx264"
+        raise OutputError(f"--encoder nvenc: {reason}; use --encoder libx264 (or auto)")
+    return "libx264", "no NVIDIA video encoder here; encoding with libx264"

@@ -151,7 +151,9 @@ def nvenc_unavailable_reason() -> str | None:
         ctx.time_base = Fraction(1, 25)
         ctx.open()
     except Exception as exc:  # not in this FFmpeg build, no driver, or a GPU without an encoder (H100, A100)
-        return str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        if "unknown" in str(exc).lower() or type(exc).__name__ == "UnknownCodecError":
+            return "this FFmpeg build has no h264_nvenc"
+        return "no NVIDIA GPU with a video encoder here (H100 and A100 have none)"
     return None
 
 
