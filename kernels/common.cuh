@@ -40,8 +40,9 @@ typedef struct {
 
 /* One frame of a batch: where its cached pixels lie, where its output goes,
  * and where its face lands (gpucomp.core.contract.Placement). Each frame
- * carries its own pointers and size, so one launch may mix avatars of any
- * frame size, each cached in its own allocation. 88 bytes; mirrored by
+ * carries its own pointers, size and feather, so one launch may mix avatars
+ * of any frame size, each cached in its own allocation, and renders of any
+ * feather. 88 bytes; mirrored by
  * gpucomp.engine.kernel_layout.FRAME_DTYPE. */
 typedef struct {
     const gc_u8 *full;      /* the cached full-body frame, height * width * 3 bytes */
@@ -53,7 +54,7 @@ typedef struct {
     int x1, y1, x2, y2;     /* rectangle, exclusive ends; the face is resized to it */
     int vx1, vy1, vx2, vy2; /* the part inside the frame; empty when vx2 <= vx1 */
     int xtab, ytab;         /* first tap of the x and y tables for this size, in `taps` */
-    int reserved;
+    int feather;            /* blend the face edge over this many pixels; 0: the exact contract */
 } gc_frame;
 
 #endif

@@ -13,10 +13,9 @@ __device__ __forceinline__ int gc_vectorizable(const gc_frame *f)
 
 /* The thread's byte offset is computed in 64 bits (2^27 threads x 16 bytes would
  * overflow int); once below frame_bytes (< 2^31, checked on the host) it fits in int. */
-extern "C" __global__ void gc_composite(const gc_frame *__restrict__ frames, const float *__restrict__ pred,
-                                        int feather)
+extern "C" __global__ void gc_composite(const gc_frame *__restrict__ frames, const float *__restrict__ pred)
 {
-    gc_frame_view v = gc_view(frames, pred, feather, blockIdx.y);
+    gc_frame_view v = gc_view(frames, pred, blockIdx.y);
     gc_i64 frame_bytes = v.f->frame_bytes;
     gc_i64 off64 = ((gc_i64)blockIdx.x * blockDim.x + threadIdx.x) * 16;
     if (off64 >= frame_bytes)

@@ -53,15 +53,15 @@ GC_HD int gc_feather_alpha(const gc_frame *f, int dx, int dy, int feather)
 typedef struct {
     const gc_frame *f;
     const float *pred;  /* [3, 320, 320] */
-    int feather;        /* 0: the exact contract */
+    int feather;        /* the frame's, read once: 0: the exact contract */
 } gc_frame_view;
 
-GC_HD gc_frame_view gc_view(const gc_frame *frames, const float *pred, int feather, int b)
+GC_HD gc_frame_view gc_view(const gc_frame *frames, const float *pred, int b)
 {
     gc_frame_view v;
     v.f = &frames[b];
     v.pred = pred + (gc_i64)b * 3 * GC_ROI * GC_ROI;
-    v.feather = feather;
+    v.feather = v.f->feather;
     return v;
 }
 

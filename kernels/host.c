@@ -11,10 +11,10 @@ int gc_host_frame_size(void)
     return (int)sizeof(gc_frame);
 }
 
-void gc_host_composite(const gc_frame *frames, const float *pred, int batch, int feather)
+void gc_host_composite(const gc_frame *frames, const float *pred, int batch)
 {
     for (int b = 0; b < batch; ++b) {
-        gc_frame_view v = gc_view(frames, pred, feather, b);
+        gc_frame_view v = gc_view(frames, pred, b);
         gc_i64 frame_bytes = v.f->frame_bytes;
         for (int off = 0; off < frame_bytes; off += 16) {
             int n = frame_bytes - off < 16 ? (int)(frame_bytes - off) : 16;

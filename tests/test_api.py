@@ -42,17 +42,22 @@ def rss() -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_engine_render_equals_the_render_command(small_dataset, tiny_model, tmp_path, backend):
-    assert run_cli("render", "--data", small_dataset, "--model", tiny_model, "--output", tmp_path / "cli",
-                   "--backend", backend, "--batch", "3", "--quiet").returncode == 0
+    for feather in (0, 3):
+        assert run_cli("render", "--data", small_dataset, "--model", tiny_model, "--output", tmp_path / f"cli{feather}",
+                       "--backend", backend, "--batch", "3", "--feather", str(feather), "--quiet").returncode == 0
     with gpucomp.Engine(tiny_model, backend=backend, batch=3) as engine:
         avatar = engine.load_avatar(small_dataset)
-        result = engine.render(avatar, tmp_path / "api")
+        result = engine.render(avatar, tmp_path / "api0")
+        engine.render(avatar, tmp_path / "api3", feather=3)  # one engine, renders of their own feather
         assert result.frames == len(avatar) == 24 and engine.backend == backend
-    cli, api = frames_in(tmp_path / "cli"), frames_in(tmp_path / "api")
-    assert cli.keys() == api.keys() and len(cli) == 24
-    for name in cli:  # the decoded pixels, and the file bytes too
-        assert np.array_equal(cli[name], api[name]), name
-        assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "api" / name).read_bytes()
+    for feather in (0, 3):
+        cli, api = frames_in(tmp_path / f"cli{feather}"), frames_in(tmp_path / f"api{feather}")
+        assert cli.keys() == api.keys() and len(cli) == 24
+        for name in cli:  # the decoded pixels, and the file bytes too
+            assert np.array_equal(cli[name], api[name]), name
+            assert (tmp_path / f"cli{feather}" / name).read_bytes() == (tmp_path / f"api{feather}" / name).read_bytes()
+    plain, feathered = frames_in(tmp_path / "api0"), frames_in(tmp_path / "api3")
+    assert all(not np.array_equal(plain[name], feathered[name]) for name in plain)
 
 
 @pytest.mark.slow

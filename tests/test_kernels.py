@@ -28,9 +28,10 @@ def random_rect(rng, w, h, kind):
     return [x1, y1, x1 + rw, y1 + rh]
 
 
-def describe(device, avatars, frames, out, offsets):
+def describe(device, avatars, frames, out, offsets, feather=0):
     """Frame descriptors on the device for batch frames `frames` = [(avatar, frame,
-    slot)], where avatar = (full, crops, taps, geometry) device arrays and host geometry."""
+    slot)], where avatar = (full, crops, taps, geometry) device arrays and host
+    geometry; `feather`: every frame's, or a list of each frame's."""
     desc = np.zeros(len(frames) * FRAME_DTYPE.itemsize, np.uint8)
     ptr = device.pointer
     rows = [avatars[a] for a, _, _ in frames]
@@ -40,7 +41,8 @@ def describe(device, avatars, frames, out, offsets):
                      crop=[ptr(crops) + slot * 328 * 328 * 3 for (_, crops, _, _), (_, _, slot) in zip(rows, frames)],
                      output=[ptr(out) + int(o) for o in offsets[:-1]], taps=[ptr(taps) for _, _, taps, _ in rows],
                      frame_bytes=sizes, width=[full.shape[2] for full, _, _, _ in rows],
-                     geometry=np.stack([geometry[f] for (_, _, _, geometry), (_, f, _) in zip(rows, frames)]))
+                     geometry=np.stack([geometry[f] for (_, _, _, geometry), (_, f, _) in zip(rows, frames)]),
+                     feather=feather)
     return device.to_device(desc)
 
 
@@ -54,8 +56,8 @@ def run_mixed(device, avatars, frames, pred, feather):
     shapes = [avatars[a][0].shape[1:] for a, _, _ in frames]
     offsets = output_offsets([int(np.prod(s)) for s in shapes])
     out = device.empty((int(offsets[-1]),), np.uint8)
-    desc = describe(device, on_device, frames, out, offsets)
-    device.composite(desc, device.to_device(pred), len(frames), max(int(np.prod(s)) for s in shapes), feather)
+    desc = describe(device, on_device, frames, out, offsets, feather)
+    device.composite(desc, device.to_device(pred), len(frames), max(int(np.prod(s)) for s in shapes))
     host = device.to_host(out)
     return [host[o : o + int(np.prod(s))].reshape(s) for o, s in zip(offsets[:-1], shapes)]
 
@@ -132,7 +134,8 @@ def test_prepare_kernel_matches_contract(device):
 
 def test_one_launch_mixes_avatars_of_different_sizes(device):
     """Frames of two avatars, 1280x720-like and odd-sized (bytes not a multiple
-    of 16), interleaved in one batch: each equals the frame composited alone."""
+    of 16), interleaved in one batch, with one feather or each its own: each
+    equals the frame composited alone."""
     rng = np.random.default_rng(11)
     avatars = []
     for h, w in ((72, 128), (61, 101)):
@@ -142,11 +145,12 @@ def test_one_launch_mixes_avatars_of_different_sizes(device):
                         rng.integers(0, 256, (3, 328, 328, 3), dtype=np.uint8), placements))
     frames = [(0, 0, 2), (1, 2, 0), (0, 1, 1), (1, 0, 2), (1, 1, 1), (0, 2, 0)]
     pred = random_prediction(rng, len(frames))
-    for feather in (0, 3):
+    for feather in (0, 3, [0, 3, 5, 0, 2, 7]):  # the last: each frame its own, in one launch
         got = run_mixed(device, avatars, frames, pred, feather)
         for b, (a, f, slot) in enumerate(frames):
             full, crops, placements = avatars[a]
-            assert np.array_equal(got[b], composite_frame(full[slot], crops[slot], pred[b], placements[f], feather))
+            own = feather[b] if isinstance(feather, list) else feather
+            assert np.array_equal(got[b], composite_frame(full[slot], crops[slot], pred[b], placements[f], own))
 
 
 def test_frame_geometry_shares_tables():

@@ -99,7 +99,7 @@ def engine_composite(backend, repeats: int) -> dict:
             seconds.append(dev.seconds_between(a, b))
         return seconds
 
-    kernel = timed(lambda: dev.composite(descriptors, pred, batch, largest, 0))
+    kernel = timed(lambda: dev.composite(descriptors, pred, batch, largest))
     copy = timed(lambda: dev.copy(out[: batch * frame_bytes], full))
     kernel_gbps = [batch * frame_bytes / s / 1e9 for s in kernel]
     copy_gbps = [batch * frame_bytes / s / 1e9 for s in copy]

@@ -113,11 +113,13 @@ class Avatar:
 class FrameRequest:
     """One frame for `Engine.composite`: avatar frame `frame` (0 .. len(avatar)-1)
     of a resident avatar, with the model's audio input `audio`, the (16, 512)
-    window that `audio_window(features, k)` builds for output frame k."""
+    window that `audio_window(features, k)` builds for output frame k;
+    `feather`: its face-edge blend (default: the engine's)."""
 
     avatar: Avatar
     frame: int
     audio: np.ndarray
+    feather: int | None = None
 
 
 class Engine:
@@ -128,39 +130,52 @@ class Engine:
     or "gpu-sim"; `engine.backend` is the one chosen and `engine.notice` says
     why auto fell back, or None. batch: frames per model call; workers:
     compositing and encoding threads; feather: blend the face edge over K
-    pixels (0: the exact contract); cache_budget: bytes every cached avatar and
+    pixels (0: the exact contract), the default of every render, which may
+    give its own; cache_budget: bytes every cached avatar and
     the frames in flight may take together (None: what is free); tf32,
-    cuda_graph, cudnn_algo: the GPU engine's model settings.
+    cuda_graph, cudnn_algo: the GPU engine's model settings; threads: the
+    model's threads when it runs on the CPU (None: one per core).
     """
 
     def __init__(self, model, *, backend: str = "auto", audio_encoder=None, batch: int = 4, workers: int = 4,
                  feather: int = 0, cache_budget: int | None = None, tf32: bool = True, cuda_graph: bool = False,
-                 cudnn_algo: str = "exhaustive"):
+                 cudnn_algo: str = "exhaustive", threads: int | None = None):
         _check_int("batch", batch, 1, 256)
         _check_int("workers", workers, 1, 256)
         _check_int("feather", feather, 0, 64)
         if cache_budget is not None and (not isinstance(cache_budget, int) or cache_budget <= 0):
             raise GpucompError(f"cache_budget must be a positive number of bytes or None, got {cache_budget!r}")
+        if threads is not None:
+            _check_int("threads", threads, 1, 1024)
         if cudnn_algo.lower() not in CUDNN_ALGOS:
             raise GpucompError(f"cudnn_algo must be one of {', '.join(CUDNN_ALGOS)}, got {cudnn_algo!r}")
         name, self.notice = resolve(backend)
         self.model_path = Path(model)
         self.settings = RenderSettings(batch=batch, workers=workers, feather=feather, cudnn_algo=cudnn_algo.upper(),
-                                       cuda_graph=cuda_graph, tf32=tf32, cache_budget=cache_budget)
+                                       cuda_graph=cuda_graph, tf32=tf32, cache_budget=cache_budget, threads=threads)
         self.stats = StageStats()
         self._backend = create(name, None, self.model_path, self.settings, self.stats)
+        self.encoder = None
         try:
-            self.encoder = None
             if audio_encoder is not None:
-                from ..speech.features import AudioEncoder, encoder_providers
-
-                # On gpu with the model's own provider options, on the engine's stream.
-                self.encoder = AudioEncoder(Path(audio_encoder), encoder_providers(
-                    name, cudnn_algo=self.settings.cudnn_algo, tf32=tf32, stream=self._backend.cuda_stream))
+                self.use_audio_encoder(audio_encoder)
         except BaseException:
             self._backend.close()
             raise
         self.avatars: list[Avatar] = []
+
+    def use_audio_encoder(self, path):
+        """Load the audio encoder that `features` and `render(speech=...)` use
+        (replacing the one in use, unless it is the same file)."""
+        from ..speech.features import AudioEncoder, encoder_providers
+
+        path = Path(path)
+        if self.encoder is not None and self.encoder.path.resolve() == path.resolve():
+            return
+        # On gpu with the model's own provider options, on the engine's stream.
+        self.encoder = AudioEncoder(path, encoder_providers(
+            self.backend, cudnn_algo=self.settings.cudnn_algo, tf32=self.settings.tf32,
+            stream=self._backend.cuda_stream), threads=self.settings.threads)
 
     @property
     def backend(self) -> str:
@@ -254,7 +269,14 @@ class Engine:
         features = _features_array(features)
         return features, Schedule.speech(len(features), avatar.range, schedule)
 
-    def _start(self, avatar: Avatar, features: np.ndarray, plan: Schedule, stats: StageStats, *,
+    def _feather(self, feather: int | None) -> int:
+        """A render's feather: its own, or the engine's default."""
+        if feather is None:
+            return self.settings.feather
+        _check_int("feather", feather, 0, 64)
+        return int(feather)
+
+    def _start(self, avatar: Avatar, features: np.ndarray, plan: Schedule, stats: StageStats, *, feather: int,
                progress: bool = False, output_reserve: int = 0) -> Job:
         """A job rendering `plan`: on the avatar's cache when it is resident,
         else on a cache decoded for this job alone (a bounded ring when the
@@ -268,21 +290,24 @@ class Engine:
         # the decode-ahead thread's copies.
         self._backend.warm_up(sizes)
         if avatar.resident:
-            return Job(self._backend, avatar.cache, plan, features, stats)
+            return Job(self._backend, avatar.cache, plan, features, stats, feather=feather)
         report, close = decode_progress(len(plan.avatar), "load", progress)
         try:
             cache = self._backend.load(avatar.dataset, plan, progress=report, stream=True,
                                        output_reserve=output_reserve)
         finally:
             close()
-        return Job(self._backend, cache, plan, features, stats, owns_cache=True)
+        return Job(self._backend, cache, plan, features, stats, owns_cache=True, feather=feather)
 
-    def frames(self, avatar: Avatar, features=None, *, schedule: str = "pingpong") -> Iterator[np.ndarray]:
+    def frames(self, avatar: Avatar, features=None, *, schedule: str = "pingpong",
+               feather: int | None = None) -> Iterator[np.ndarray]:
         """The finished frames (H, W, 3 uint8 BGR) in order: the avatar with its
         own features (features=None), or saying `features` ((M, 512) array or
         .npy path: M frames, the avatar played as `schedule`). An avatar that
-        is not resident is decoded for this iteration alone."""
-        job = self._start(avatar, *self._plan(avatar, features, schedule), StageStats())
+        is not resident is decoded for this iteration alone. `feather`: this
+        render's (default: the engine's)."""
+        job = self._start(avatar, *self._plan(avatar, features, schedule), StageStats(),
+                          feather=self._feather(feather))
         batch, count = self.settings.batch, len(job)
         waiting: deque = deque()
         try:
@@ -315,7 +340,8 @@ class Engine:
             if audio.shape != (AUDIO_WINDOW, FEATURE_DIM):
                 raise GpucompError(f"request {k}: audio must be a ({AUDIO_WINDOW}, {FEATURE_DIM}) window "
                                    f"(gpucomp.audio_window), got {audio.shape}")
-            refs.append(FrameRef(avatar.cache, int(request.frame), int(request.frame), k))
+            refs.append(FrameRef(avatar.cache, int(request.frame), int(request.frame), k,
+                                 self._feather(request.feather)))
             windows.append(audio)
         frames: list[np.ndarray] = []
         batch = self.settings.batch
@@ -328,7 +354,8 @@ class Engine:
     # -- files ----------------------------------------------------------------------
 
     def render(self, avatar: Avatar, output, *, speech=None, features=None, format: str = "png",
-               schedule: str = "pingpong", smooth: bool = False, audio=None, audio_rate: int | None = None,
+               schedule: str = "pingpong", smooth: bool = False, feather: int | None = None, audio=None,
+               audio_rate: int | None = None,
                voice_track: bool = True, crf: int = 18, preset: str = "medium", encoder: str = "auto",
                resume: bool = False, progress: bool = False,
                on_message: Callable[[str], None] | None = None) -> RenderResult:
@@ -336,7 +363,8 @@ class Engine:
         frame_XXXXX.png/jpg, an mp4 (with the voice track), or a y4m/raw stream
         ('-': stdout). With `speech` (a path or samples at `audio_rate`, 16 kHz
         by default) or `features`, the avatar says it (played as `schedule`);
-        with neither, it is rendered with its own features. `audio`: the mp4's
+        with neither, it is rendered with its own features. `feather`: this
+        render's face-edge blend (default: the engine's). `audio`: the mp4's
         voice track (default: the speech, else the avatar's own track).
         `resume` keeps the frames an interrupted png/jpg render finished.
         `on_message(text)` receives notices and status lines; `progress` draws
@@ -345,7 +373,7 @@ class Engine:
         from .render import render_to
 
         return render_to(self, avatar, output, speech=speech, features=features, fmt=format, schedule=schedule,
-                         smooth=smooth, audio=audio, audio_rate=audio_rate, voice_track=voice_track, crf=crf,
+                         smooth=smooth, feather=feather, audio=audio, audio_rate=audio_rate, voice_track=voice_track, crf=crf,
                          preset=preset, encoder=encoder, resume=resume, progress=progress,
                          on_message=on_message)
 

@@ -20,14 +20,16 @@ from .backends.base import Backend, FrameCache, FrameRef, PendingBatch
 
 class Job:
     def __init__(self, backend: Backend, cache: FrameCache, schedule: Schedule, features: np.ndarray,
-                 stats: StageStats, *, owns_cache: bool = False):
-        """`owns_cache`: the cache was decoded for this job and goes with it."""
+                 stats: StageStats, *, owns_cache: bool = False, feather: int = 0):
+        """`owns_cache`: the cache was decoded for this job and goes with it;
+        `feather`: the face edge's blend, in pixels (0: the exact contract)."""
         self.backend = backend
         self.cache = cache
         self.schedule = schedule
         self.features = features
         self.stats = stats
         self.owns_cache = owns_cache
+        self.feather = feather
 
     @property
     def max_in_flight(self) -> int:
@@ -44,7 +46,7 @@ class Job:
         # A ring built for this schedule streams position after position; a
         # cache holding the whole avatar keeps frame f in slot f.
         slots = self.cache.ring.slots_of(positions) if self.cache.ring.streaming else frames
-        return [FrameRef(self.cache, int(s), int(f), self.schedule.outputs[p])
+        return [FrameRef(self.cache, int(s), int(f), self.schedule.outputs[p], self.feather)
                 for p, s, f in zip(positions, slots, frames)]
 
     def audio(self, positions: range) -> np.ndarray:

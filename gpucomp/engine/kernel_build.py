@@ -96,7 +96,7 @@ def host_kernels() -> ctypes.CDLL:
     if lib.gc_host_frame_size() != FRAME_DTYPE.itemsize:  # the C struct and its NumPy mirror must agree
         raise BackendUnavailable(f"kernels/common.cuh's gc_frame is {lib.gc_host_frame_size()} bytes on this host, "
                                  f"gpucomp expects {FRAME_DTYPE.itemsize}")
-    lib.gc_host_composite.argtypes = [_u8p, _f32p, _int, _int]
+    lib.gc_host_composite.argtypes = [_u8p, _f32p, _int]
     lib.gc_host_prepare_visual.argtypes = [_u8p, _f32p, _int]
     for fn in (lib.gc_host_composite, lib.gc_host_prepare_visual):
         fn.restype = None

@@ -23,10 +23,10 @@ GEOMETRY_INTS = 10  # x1, y1, x2, y2, vx1, vy1, vx2, vy2, xtab, ytab
 CROP_BYTES = CROP_SIZE * CROP_SIZE * 3
 
 # gc_frame: four pointers, the frame's byte count, then 12 int32 (width, the
-# geometry row, one reserved); 88 bytes, checked against the C struct.
+# geometry row, the feather); 88 bytes, checked against the C struct.
 FRAME_DTYPE = np.dtype([("full", "<u8"), ("crop", "<u8"), ("out", "<u8"), ("taps", "<u8"),
                         ("frame_bytes", "<i8"), ("width", "<i4"), ("geometry", "<i4", (GEOMETRY_INTS,)),
-                        ("reserved", "<i4")])
+                        ("feather", "<i4")])
 assert FRAME_DTYPE.itemsize == 88
 
 # Outputs of a batch start at multiples of this in the output buffer (the
@@ -64,11 +64,12 @@ def output_offsets(frame_bytes: Sequence[int]) -> np.ndarray:
 
 def fill_descriptors(out: np.ndarray, *, full: Sequence[int], crop: Sequence[int], output: Sequence[int],
                      taps: Sequence[int], frame_bytes: Sequence[int], width: Sequence[int],
-                     geometry: np.ndarray) -> np.ndarray:
+                     geometry: np.ndarray, feather: Sequence[int]) -> np.ndarray:
     """Write the descriptors of a batch into `out` (FRAME_DTYPE, at least as many
-    entries): the addresses of each frame's buffers, its size and geometry row."""
+    entries): the addresses of each frame's buffers, its size, geometry row and
+    feather (frames of renders with different feathers may share a launch)."""
     n = len(geometry)
     d = out[:n]
     d["full"], d["crop"], d["out"], d["taps"] = full, crop, output, taps
-    d["frame_bytes"], d["width"], d["geometry"], d["reserved"] = frame_bytes, width, geometry, 0
+    d["frame_bytes"], d["width"], d["geometry"], d["feather"] = frame_bytes, width, geometry, feather
     return d

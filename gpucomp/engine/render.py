@@ -19,7 +19,7 @@ from ..core.errors import GpucompError
 from ..core.telemetry import Progress, StageStats
 from ..io.audio import AudioTrack
 from ..io.encode import IMAGE_FORMATS, encoder_bytes, frame_name, open_sink, prepare_output_dir
-from ..io.resume import FrameLog, run_record
+from ..io.resume import FrameLog, bytes_digest, file_digest, run_record, video_record_matches, write_video_record
 from ..io.video_out import STDOUT, VIDEO_FORMATS
 from ..io.videoio import X264_PRESETS
 from ..speech.melspec import SAMPLE_RATE
@@ -43,8 +43,12 @@ class RenderInterrupted(KeyboardInterrupt):
         return f"the unfinished {self.output} was removed ({self.written} frames had been encoded)"
 
 
-def render_to(engine, avatar, output, *, speech, features, fmt, schedule, smooth, audio, audio_rate, voice_track,
-              crf, preset, encoder, resume, progress, on_message) -> pipeline.RenderResult:
+def render_to(engine, avatar, output, *, speech, features, fmt, schedule, smooth, feather, audio, audio_rate,
+              voice_track, crf, preset, encoder, resume, progress, on_message) -> pipeline.RenderResult:
+    """Engine.render. `resume`: False (start over), True (keep the frames an
+    interrupted png/jpg render of the same run finished; refuse another run's),
+    or "auto" (a batch's rerun: keep what the same run finished, of images or
+    a whole video, and start over after any other)."""
     say = on_message or (lambda text: None)
     output = str(output)
     if fmt not in FORMATS:
@@ -55,6 +59,7 @@ def render_to(engine, avatar, output, *, speech, features, fmt, schedule, smooth
         raise GpucompError(f"--resume works with png and jpg output; --format {fmt} is written whole")
     if speech is not None and features is not None:
         raise GpucompError("give speech or features, not both")
+    feather = engine._feather(feather)
     dataset = avatar.dataset
     # Features, their source for the run record, and the default voice track.
     features_path = None
@@ -80,14 +85,23 @@ def render_to(engine, avatar, output, *, speech, features, fmt, schedule, smooth
     features, plan = engine._plan(avatar, features, schedule)
     indices = plan.outputs
     stats = StageStats()
-    log, keep = None, frozenset()
-    if fmt in IMAGE_FORMATS and output != STDOUT:
+    log, keep, record = None, frozenset(), None
+    if output != STDOUT and (fmt in IMAGE_FORMATS or resume == "auto"):
         used = replace(dataset, features=features,
                        features_path=features_path if plan.kind != "straight" else dataset.features_path)
         record = run_record(dataset=used, model_path=engine.model_path, schedule=plan, settings=engine.settings,
-                            backend=engine.backend, fmt=fmt)
+                            feather=feather, backend=engine.backend, fmt=fmt)
+        if fmt not in IMAGE_FORMATS:  # what else decides a video's bytes
+            record.update(crf=crf, preset=preset, encoder=encoder,
+                          voice=_track_identity(track, audio_rate) if voice_track else None)
+    if resume == "auto" and fmt not in IMAGE_FORMATS and output != STDOUT:
+        if video_record_matches(Path(output), record):  # finished by an earlier run of the same render
+            return pipeline.RenderResult(0, 0.0, stats, kept=len(indices), backend=engine.describe(), output=output)
+    if fmt in IMAGE_FORMATS and output != STDOUT:
         log = FrameLog(prepare_output_dir(Path(output)))
-        if resume:
+        if resume == "auto" and not log.same_run(record):
+            log.start(record)  # another render was here: start over
+        elif resume:
             keep = log.resume(record, {i: frame_name(i, fmt) for i in indices})
             if len(keep) == len(indices):
                 log.close()
@@ -104,7 +118,7 @@ def render_to(engine, avatar, output, *, speech, features, fmt, schedule, smooth
         say(f"render: {engine.describe()}, {plan.describe()} of {dataset.root}, batch {engine.settings.batch}, "
             f"workers {engine.settings.workers} -> {sink.label} ({fmt})")
         t0 = time.perf_counter()
-        job = engine._start(avatar, features, plan, stats, progress=progress,
+        job = engine._start(avatar, features, plan, stats, feather=feather, progress=progress,
                             output_reserve=encoder_bytes(fmt, dataset.width, dataset.height, preset,
                                                          "h264_nvenc" if encoder == "nvenc" else "libx264"))
         prepared = time.perf_counter() - t0
@@ -121,4 +135,15 @@ def render_to(engine, avatar, output, *, speech, features, fmt, schedule, smooth
     finally:
         if job is not None:
             job.close()
+    if resume == "auto" and fmt not in IMAGE_FORMATS and output != STDOUT:
+        write_video_record(Path(output), record)
     return replace(result, kept=len(keep), prepare_seconds=prepared, backend=engine.describe(), output=sink.label)
+
+
+def _track_identity(track, rate) -> str | None:
+    """A voice track's identity for the run record: its file's digest, or its samples'."""
+    if track is None:
+        return None
+    if isinstance(track, AudioTrack):
+        return bytes_digest(track.samples.tobytes() + str(track.rate).encode())
+    return f"{file_digest(Path(track))}@{rate}"

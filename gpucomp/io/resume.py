@@ -52,7 +52,7 @@ def bytes_digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def run_record(*, dataset, model_path: Path, schedule, settings, backend: str, fmt: str) -> dict:
+def run_record(*, dataset, model_path: Path, schedule, settings, feather: int, backend: str, fmt: str) -> dict:
     """The facts that decide every output pixel of this render."""
     # cpu and gpu-sim run the same ONNX Runtime CPU kernels and bit-exact
     # compositing, so they may finish each other's runs; gpu's model numerics differ.
@@ -70,7 +70,7 @@ def run_record(*, dataset, model_path: Path, schedule, settings, backend: str, f
         "avatar": [schedule.avatar.start, schedule.avatar.stop],
         "schedule": schedule.kind,
         "batch": settings.batch,
-        "feather": settings.feather,
+        "feather": feather,
         "clip_rects": dataset.clip_rects,
         "backend_family": family,
         "format": fmt,
@@ -136,6 +136,13 @@ class FrameLog:
         self._open()
         return frozenset(keep)
 
+    def same_run(self, record: dict) -> bool:
+        """Whether the folder's record (if any) is this run's."""
+        try:
+            return json.loads((self.directory / RECORD_NAME).read_text()) == json.loads(json.dumps(record))
+        except (OSError, ValueError):
+            return False
+
     def _logged(self) -> dict[str, str]:
         logged = {}
         try:
@@ -162,3 +169,25 @@ class FrameLog:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def video_record_path(video: Path) -> Path:
+    """The hidden record beside a video a batch rendered: `.NAME.gpucomp-run.json`."""
+    return video.with_name(f".{video.name}.gpucomp-run.json")
+
+
+def write_video_record(video: Path, record: dict):
+    """After a video is complete: its run record and its bytes' digest, beside it."""
+    if video.is_file():
+        write_atomic(video_record_path(video), json.dumps({"record": record, "output": file_digest(video)},
+                                                          indent=1, sort_keys=True).encode())
+
+
+def video_record_matches(video: Path, record: dict) -> bool:
+    """Whether `video` is complete from a run with this very record (and unchanged since)."""
+    try:
+        kept = json.loads(video_record_path(video).read_text())
+        return (video.is_file() and kept["record"] == json.loads(json.dumps(record))
+                and kept["output"] == file_digest(video))
+    except (OSError, ValueError, KeyError, TypeError):
+        return False

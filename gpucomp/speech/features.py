@@ -35,9 +35,10 @@ def _shape_matches(shape, tail) -> bool:
 class AudioEncoder:
     """An audio-encoder ONNX model: mel windows [B, 1, 80, 16] -> features [B, 512]."""
 
-    def __init__(self, path: Path, providers=("CPUExecutionProvider",)):
+    def __init__(self, path: Path, providers=("CPUExecutionProvider",), threads: int | None = None):
+        """`threads`: ONNX Runtime's on the CPU (None: one per core)."""
         self.path = Path(path)
-        self.session = load_session(self.path, list(providers))
+        self.session = load_session(self.path, list(providers), threads)
         asked = [p[0] if isinstance(p, tuple) else p for p in providers]
         if asked[0] == CUDA and self.provider != CUDA:  # ONNX Runtime fell back to the CPU silently
             raise BackendUnavailable(f"{self.path}: onnxruntime's CUDA provider did not start for the audio encoder "

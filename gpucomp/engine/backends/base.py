@@ -50,6 +50,9 @@ class RenderSettings:
     # Bytes the decoded frames may take (RAM for cpu, VRAM for gpu); None: what
     # is free. Frames that do not fit are decoded ahead into a bounded ring.
     cache_budget: int | None = None
+    # ONNX Runtime's threads for a model on the CPU (cpu, gpu-sim); None: one
+    # per core. A process sharing the machine (a Ray worker) takes its share.
+    threads: int | None = None
     # Host bytes the output's encoder holds (x264's lookahead, say); counted in
     # the budget wherever the cache lives in RAM.
     output_reserve: int = 0
@@ -76,12 +79,14 @@ class FrameCache:
 @dataclass(frozen=True)
 class FrameRef:
     """One frame of a batch: avatar frame `frame` (0 .. cache.count-1) held in
-    `slot` of `cache`, written as output frame `index`."""
+    `slot` of `cache`, written as output frame `index`, its face edge blended
+    over `feather` pixels (0: the exact contract)."""
 
     cache: FrameCache
     slot: int
     frame: int
     index: int
+    feather: int = 0
 
     @property
     def placement(self):
@@ -266,7 +271,8 @@ class Backend(ABC):
         # meet the decode-ahead thread's copies.
         self.warm_up(sizes)
         cache = self.load(self.dataset, schedule, progress=progress, stream=True)
-        self.job = Job(self, cache, schedule, self.dataset.features, self.stats, owns_cache=True)
+        self.job = Job(self, cache, schedule, self.dataset.features, self.stats, owns_cache=True,
+                       feather=self.settings.feather)
 
     @property
     def schedule(self) -> Schedule | None:

@@ -65,9 +65,9 @@ class _CpuPending(PendingBatch):
 class CpuBackend(Backend):
     name = "cpu"
 
-    def __init__(self, model_path: Path, settings, stats, dataset=None, *, threads: int | None = None):
+    def __init__(self, model_path: Path, settings, stats, dataset=None):
         super().__init__(settings, stats, dataset)
-        self.session = ModelSession(model_path, ["CPUExecutionProvider"], threads=threads)
+        self.session = ModelSession(model_path, ["CPUExecutionProvider"], threads=settings.threads)
         # Frames are composited in parallel by our pool; OpenCV's own threads
         # on a 180x180 resize would only add contention.
         cv2.setNumThreads(1)
@@ -101,8 +101,7 @@ class CpuBackend(Backend):
     def _composite(self, ref: FrameRef, pred: np.ndarray, stats) -> np.ndarray:
         with Timer(stats, "composite", 1):
             ring = ref.cache.ring
-            return composite_frame(ring.full[ref.slot], ring.crops[ref.slot], pred, ref.placement,
-                                   self.settings.feather)
+            return composite_frame(ring.full[ref.slot], ring.crops[ref.slot], pred, ref.placement, ref.feather)
 
     def close(self):
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -100,7 +100,7 @@ class Device(ABC):
         """Visual model input of the batch described by `frames` (gc_frame bytes)."""
 
     @abstractmethod
-    def composite(self, frames, pred, batch: int, max_frame_bytes: int, feather: int):
+    def composite(self, frames, pred, batch: int, max_frame_bytes: int):
         """Composite the batch described by `frames` into each frame's output."""
 
     @abstractmethod
@@ -173,8 +173,8 @@ class SimDevice(HostMemory, Device):
     def prepare_visual(self, frames, visual, batch):
         self.lib.gc_host_prepare_visual(frames, visual, batch)
 
-    def composite(self, frames, pred, batch, max_frame_bytes, feather):
-        self.lib.gc_host_composite(frames, pred, batch, feather)
+    def composite(self, frames, pred, batch, max_frame_bytes):
+        self.lib.gc_host_composite(frames, pred, batch)
 
     def copy(self, dst, src):
         np.copyto(dst, src)
@@ -291,10 +291,9 @@ class CudaDevice(Device):
         with self.compute:
             self.kernels["gc_prepare_visual"]((_blocks(ROI_SIZE * ROI_SIZE), batch), (THREADS,), (frames, visual))
 
-    def composite(self, frames, pred, batch, max_frame_bytes, feather):
+    def composite(self, frames, pred, batch, max_frame_bytes):
         with self.compute:
-            self.kernels["gc_composite"]((_blocks((max_frame_bytes + 15) // 16), batch), (THREADS,),
-                                         (frames, pred, np.int32(feather)))
+            self.kernels["gc_composite"]((_blocks((max_frame_bytes + 15) // 16), batch), (THREADS,), (frames, pred))
 
     def copy(self, dst, src):
         runtime = self.cp.cuda.runtime

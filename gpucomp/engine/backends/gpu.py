@@ -85,7 +85,8 @@ class GpuBackend(Backend):
         self.device = dev = SimDevice() if simulate else CudaDevice()
         self.memory_kind = dev.memory_kind
         self.cuda_graph = settings.cuda_graph and not simulate
-        self.session = ModelSession(model_path, dev.providers(settings.cudnn_algo, self.cuda_graph, settings.tf32))
+        self.session = ModelSession(model_path, dev.providers(settings.cudnn_algo, self.cuda_graph, settings.tf32),
+                                    threads=settings.threads if simulate else None)
         if not simulate and self.session.session.get_providers()[0] != "CUDAExecutionProvider":
             raise BackendUnavailable("onnxruntime could not start its CUDA provider (CUDA 13 / cuDNN 9 libraries "
                                      "missing? pip install 'onnxruntime-gpu[cuda,cudnn]')")
@@ -244,7 +245,8 @@ class GpuBackend(Backend):
                          crop=np.array(crop, np.uint64) + (slots * CROP_BYTES).astype(np.uint64),
                          output=(out_base + offsets[:-1]).astype(np.uint64), taps=taps, frame_bytes=frame_bytes,
                          width=[r.cache.dataset.width for r in refs],
-                         geometry=np.stack([r.cache.geometry[r.frame] for r in refs]))
+                         geometry=np.stack([r.cache.geometry[r.frame] for r in refs]),
+                         feather=[r.feather for r in refs])
         return offsets, max(sizes)
 
     def _queue_inference(self, refs: list[FrameRef], audio: np.ndarray, slot: int) -> tuple[np.ndarray, int]:
@@ -276,7 +278,7 @@ class GpuBackend(Backend):
         start = dev.mark()
         offsets, largest = self._queue_inference(refs, audio, slot)
         inferred = dev.mark()
-        dev.composite(self.descriptors[slot], self.pred, len(refs), largest, self.settings.feather)
+        dev.composite(self.descriptors[slot], self.pred, len(refs), largest)
         composited = dev.mark()
         copy = dev.copy_to_host(self.out_ring[slot][: offsets[-1]], self.host_ring[slot][: offsets[-1]])
         return _GpuPending(self, refs, slot, offsets[:-1], (start, inferred, composited), copy, stats, done)
