@@ -104,7 +104,7 @@ def test_every_option_has_help_and_is_in_the_readme():
             if not action.option_strings or "-h" in action.option_strings:
                 continue
             assert action.help, f"{name} {action.option_strings[0]} has no help text"
-            if name == "demo" and set(action.option_strings) <= render_options:
+            if name in ("demo", "batch") and set(action.option_strings) <= render_options:
                 continue  # the README writes [render options] for these
             assert any(s in lines[name] for s in action.option_strings if s.startswith("--")), \
                 f"README's line for {name} lacks {action.option_strings[-1]}"

@@ -10,7 +10,7 @@ from importlib import metadata
 from ..core.resources import total_memory
 
 PACKAGES = ("gpucomp", "numpy", "opencv-python-headless", "onnxruntime-gpu", "onnxruntime", "onnx", "cupy-cuda13x",
-            "nvidia-ml-py", "av", "isal", "tqdm", "matplotlib")
+            "nvidia-ml-py", "av", "isal", "tqdm", "matplotlib", "aiohttp", "ray")
 
 
 def cpu_model() -> str:

@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from ..core.errors import GpucompError
+from ..core.errors import GpucompError, OutputError
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -67,8 +67,8 @@ def _size(text: str) -> int:
     return int(value * _UNITS[unit])
 
 
-def add_render_options(p: argparse.ArgumentParser):
-    """Options shared by `render` and `demo`."""
+def add_render_options(p: argparse.ArgumentParser, jobs: bool = False):
+    """Options shared by `render`, `demo` and (as every job's defaults, `jobs`) `batch`."""
     from ..engine.backends import CHOICES
     from ..io.encode import IMAGE_FORMATS
     from ..speech.schedule import KINDS as SCHEDULES
@@ -115,8 +115,9 @@ def add_render_options(p: argparse.ArgumentParser):
                    help="memory for frames, e.g. 2G: the decoded cache plus finished frames in flight (RAM for "
                         "cpu; VRAM for gpu, ONNX Runtime's own memory aside). Videos that do not fit are decoded "
                         "ahead into a ring (default: what is free)")
-    p.add_argument("--resume", action="store_true",
-                   help="png/jpg: keep the frames already complete in --output and render only the rest")
+    if not jobs:  # a batch resumes by itself
+        p.add_argument("--resume", action="store_true",
+                       help="png/jpg: keep the frames already complete in --output and render only the rest")
     p.add_argument("--clip-rects", action="store_true",
                    help="accept rectangles reaching outside the frame; only the inside part is written")
     p.add_argument("--quiet", action="store_true", help="no progress bar or header; errors and the summary still print")
@@ -181,6 +182,21 @@ def build_parser() -> argparse.ArgumentParser:
                                                                      "is free)")
     p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True, help="gpu: TF32 convolutions")
     p.add_argument("--quiet", action="store_true", help="no progress while loading")
+
+    p = sub.add_parser("batch", help="many renders from a JOBS.jsonl file, in this process or on Ray")
+    p.add_argument("jobs", type=Path, help="one render per line as JSON: {\"avatar\": DIR, \"model\": FILE, "
+                                           "\"output\": PATH, ...} with render's options by their long names")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run on Ray: a running cluster's address, or none to start a local one")
+    p.add_argument("--cpus-per-worker", type=_float_range(0, 1024), default=2.0,
+                   help="with --ray on a cluster without GPUs: cores per worker (default 2)")
+    p.add_argument("--retries", type=_int_range(0, 100), default=2,
+                   help="with --ray: times a job whose worker died is tried again (default 2)")
+    p.add_argument("--max-avatars", type=_int_range(1, 1000), default=4,
+                   help="avatars a worker keeps cached, the least recently used unloaded first (default 4)")
+    p.add_argument("--report", type=Path, default=None,
+                   help="the JSON report (default: beside JOBS, with .report.json for its suffix)")
+    add_render_options(p, jobs=True)
 
     p = sub.add_parser("demo", help="render the built-in demo dataset with the built-in model (built once, cached)")
     p.add_argument("--output", default=None, help="default out/demo (png/jpg) or out/demo.<format>")
@@ -353,11 +369,10 @@ def _cmd_features(args) -> int:
 
 def _cmd_render(args) -> int:
     """`render` through the Python API: one engine, one avatar, one render."""
-    from ..engine.api import Avatar, Engine
+    from ..engine.api import Engine
     from ..engine.backends import resolve
+    from ..engine.options import plan_render
     from ..engine.render import RenderInterrupted
-    from ..io.atomic import refuse_output_over_inputs
-    from ..io.encode import IMAGE_FORMATS
     from ..io.video_out import STDOUT
     from .report import print_summary
 
@@ -370,40 +385,13 @@ def _cmd_render(args) -> int:
         if show:
             print(text, file=sys.stderr)
 
-    if args.audio_encoder is not None and args.speech is None:
-        raise GpucompError("--audio-encoder computes features from --speech; give --speech too")
-    speech = args.speech is not None or args.features is not None
-    avatar = Avatar.open(args.data, start=args.start, frames=args.frames, clip_rects=args.clip_rects,
-                         features=False if speech else None)
-    if not speech and avatar.features is None:
-        raise GpucompError(f"{args.data}: has no features of its own (aud_ave.npy; an avatar made by prepare has "
-                           f"none): give --speech SPEECH --audio-encoder ENCODER.onnx, or --features FEATURES.npy")
-    dataset = avatar.dataset
-    if str(args.output) != STDOUT:
-        refuse_output_over_inputs(Path(args.output), dataset.root,
-                                  [dataset.full.path, dataset.crops.path, dataset.rects_path, dataset.features_path,
-                                   dataset.audio_path, args.model, args.audio, args.speech, args.audio_encoder,
-                                   args.features])
-    if args.resume and args.format not in IMAGE_FORMATS:
-        raise GpucompError(f"--resume works with png and jpg output; --format {args.format} is written whole")
-    from_speech = args.speech is not None and args.features is None
-    if from_speech and args.audio_encoder is None:
-        raise GpucompError("--speech needs --audio-encoder ENCODER.onnx to compute its features "
-                           "(or --features FILE computed earlier)")
+    plan = plan_render(args)
     name, notice = resolve(args.backend)
     if notice:
         say(f"note: {notice}")
-    with Engine(args.model, backend=name, audio_encoder=args.audio_encoder if from_speech else None,
-                batch=args.batch, workers=args.workers, feather=args.feather, cache_budget=args.cache_budget,
-                tf32=args.tf32, cuda_graph=args.cuda_graph, cudnn_algo=args.cudnn_algo) as engine:
+    with Engine(plan.model, backend=name, audio_encoder=plan.audio_encoder, **plan.engine) as engine:
         try:
-            result = engine.render(
-                avatar, args.output, speech=args.speech if from_speech else None, features=args.features,
-                format=args.format, schedule=args.schedule, smooth=bool(args.smooth),
-                # --speech beside --features is the voice track
-                audio=args.audio or (args.speech if args.features is not None else None),
-                audio_rate=args.audio_rate, voice_track=not args.no_audio, crf=args.crf, preset=args.preset,
-                encoder=args.encoder, resume=args.resume, progress=show, on_message=say)
+            result = engine.render(plan.avatar, plan.output, **plan.render, progress=show, on_message=say)
         except RenderInterrupted as stop:
             print(f"interrupted: {stop.describe()}", file=sys.stderr)
             return EXIT_INTERRUPTED
@@ -455,8 +443,51 @@ def _cmd_serve(args) -> int:
     return 0
 
 
-COMMANDS = {"serve": _cmd_serve, "render": _cmd_render, "demo": _cmd_demo, "synth": _cmd_synth, "model": _cmd_model,
-            "features": _cmd_features, "prepare": _cmd_prepare}
+def _cmd_batch(args) -> int:
+    import time
+
+    from ..batch.jobs import load_jobs
+    from ..batch.runner import BatchProgress, run_local, summary, table, write_report
+
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    render_parser = subparsers.choices["render"]
+    defaults = {a.dest: getattr(args, a.dest) for a in render_parser._actions
+                if hasattr(args, a.dest) and a.dest not in ("help", "resume", "quiet")}
+    jobs = load_jobs(args.jobs, render_parser, defaults)  # every line checked before any job runs
+    report_path = args.report or args.jobs.with_suffix(".report.json")  # beside the JOBS file
+    if not report_path.parent.is_dir() or not os.access(report_path.parent, os.W_OK):
+        raise OutputError(f"{report_path}: the report cannot be written there (no such writable folder); "
+                          f"give --report PATH")
+    if report_path.resolve() in {Path(job.output).resolve() for job in jobs} | {args.jobs.resolve()}:
+        raise OutputError(f"{report_path}: is the JOBS file or a job's output; give --report another PATH")
+    where = "in this process" if args.ray is None else f"on Ray ({args.ray or 'a local cluster'})"
+    if not args.quiet:
+        print(f"batch: {len(jobs)} jobs {where}; report to {report_path}", file=sys.stderr)
+    progress = BatchProgress(len(jobs), enabled=not args.quiet)
+    start = time.perf_counter()
+    cluster = None
+    try:
+        if args.ray is None:
+            results = run_local(jobs, max_avatars=args.max_avatars, progress=progress)
+        else:
+            from ..batch.ray_runner import run_ray
+
+            results, cluster = run_ray(jobs, address=args.ray or None, cpus_per_worker=args.cpus_per_worker,
+                                       retries=args.retries, max_avatars=args.max_avatars, progress=progress)
+    finally:
+        progress.close()
+    totals = summary(results, jobs, time.perf_counter() - start, where)
+    write_report(report_path, {"jobs_file": str(args.jobs), "summary": totals, "cluster": cluster,
+                               "results": sorted(results, key=lambda r: r["job"])})
+    print(table(results))
+    print(f"{totals['done']} done, {totals['skipped']} already complete, {totals['failed']} failed; "
+          f"{totals['frames']} frames in {totals['seconds']:.1f} s ({totals['frames_per_second']:.1f} frames/s) "
+          f"{where}; report: {report_path}")
+    return EXIT_BAD_INPUT if totals["failed"] else 0
+
+
+COMMANDS = {"batch": _cmd_batch, "serve": _cmd_serve, "render": _cmd_render, "demo": _cmd_demo, "synth": _cmd_synth,
+            "model": _cmd_model, "features": _cmd_features, "prepare": _cmd_prepare}
 
 
 def _raise_interrupt(signum, frame):

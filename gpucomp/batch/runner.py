@@ -1,0 +1,106 @@
+"""Running a batch: in this process on one worker, or on Ray actors
+(ray_runner.py); progress over all jobs, and the report.
+
+In process, jobs run grouped by avatar (in file order otherwise), and an
+avatar is unloaded as soon as no job still to run needs it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from ..io.atomic import write_atomic
+from .jobs import Job
+from .worker import Worker
+
+
+def grouped(jobs: list[Job]) -> list[Job]:
+    """Jobs of the same avatar together, avatars in order of first appearance."""
+    first: dict[tuple, int] = {}
+    for job in jobs:
+        first.setdefault(job.avatar_key, len(first))
+    return sorted(jobs, key=lambda job: (first[job.avatar_key], job.number))
+
+
+class BatchProgress:
+    """Jobs done, running and failed, and frames per second over every worker."""
+
+    def __init__(self, total: int, enabled: bool):
+        from tqdm import tqdm
+
+        self.start = time.perf_counter()
+        self.frames = 0
+        self.running = 0
+        self.outcomes: Counter = Counter()
+        self.bar = tqdm(total=total, desc="batch", unit="job", file=sys.stderr, disable=not enabled,
+                        dynamic_ncols=True)
+
+    def started(self, count: int = 1):
+        self.running += count
+        self._show()
+
+    def requeued(self):
+        """A running job went back to the queue (its worker died)."""
+        self.running -= 1
+        self._show()
+
+    def finished(self, result: dict):
+        self.running -= 1
+        self.frames += result.get("frames", 0)
+        self.outcomes[result["outcome"]] += 1
+        if result["outcome"] == "failed":
+            self.bar.write(f"error: job {result['job']} (line {result['line']}): {result['error']}", file=sys.stderr)
+        self.bar.update(1)
+        self._show()
+
+    def _show(self):
+        elapsed = time.perf_counter() - self.start
+        self.bar.set_postfix_str(f"running {self.running}, failed {self.outcomes['failed']}, "
+                                 f"{self.frames / elapsed if elapsed > 0 else 0:.1f} frames/s")
+
+    def close(self):
+        self.bar.close()
+
+
+def run_local(jobs: list[Job], *, max_avatars: int, progress: BatchProgress) -> list[dict]:
+    """Every job in this process, on one worker."""
+    order = grouped(jobs)
+    remaining = Counter(job.avatar_key for job in order)
+    worker = Worker("local", max_avatars=max_avatars)
+    results = []
+    try:
+        for job in order:
+            progress.started()
+            result = worker.run(job)
+            results.append(result)
+            progress.finished(result)
+            remaining[job.avatar_key] -= 1
+            if not remaining[job.avatar_key]:
+                worker.release(job.avatar_key)
+    finally:
+        worker.close()
+    return results
+
+
+def summary(results: list[dict], jobs: list[Job], seconds: float, where: str) -> dict:
+    frames = sum(r.get("frames", 0) for r in results)
+    outcomes = Counter(r["outcome"] for r in results)
+    return {"jobs": len(jobs), "done": outcomes["done"], "skipped": outcomes["skipped"], "failed": outcomes["failed"],
+            "frames": frames, "seconds": seconds, "frames_per_second": frames / seconds if seconds > 0 else 0.0,
+            "avatars_decoded": sum(bool(r.get("decoded_avatar")) for r in results), "where": where}
+
+
+def table(results: list[dict]) -> str:
+    rows = ["job  line  outcome   frames  seconds  worker      output"]
+    for r in sorted(results, key=lambda r: r["job"]):
+        rows.append(f"{r['job']:>3}  {r['line']:>4}  {r['outcome']:<8}  {r.get('frames', 0):>6}  "
+                    f"{r['seconds']:>7.2f}  {r['worker']:<10}  {r['output']}")
+    return "\n".join(rows)
+
+
+def write_report(path: Path, report: dict):
+    write_atomic(Path(path), json.dumps(report, indent=1, default=str).encode())
