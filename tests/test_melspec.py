@@ -100,3 +100,29 @@ def test_blocks_do_not_change_the_result(monkeypatch):
     whole = melspec.mel_spectrogram(wav)
     monkeypatch.setattr(melspec, "_BLOCK", 7)
     assert np.abs(melspec.mel_spectrogram(wav) - whole).max() < 1e-12
+
+
+@pytest.mark.parametrize("fps", [25.0, 30.0, 29.97])
+def test_windows_taken_as_speech_arrives_equal_the_whole_speechs(fps):
+    # A live session takes each window as soon as its mel rows are final and
+    # drops the rows behind it; the last windows, shifted back to end at T once
+    # the end is known, must still find theirs. Utterance lengths from one
+    # window to 0.6 s by a step co-prime with the hop (every remainder of the
+    # hop and of a frame period), in 10 ms chunks.
+    from gpucomp.speech.stream import FeatureStream
+
+    rng = np.random.default_rng(5)
+    for n in range(3000, 10000, 13):
+        x = (0.1 * rng.standard_normal(n)).astype(np.float32)
+        whole = FeatureStream(fps)
+        whole.push(x)
+        whole.end()
+        expected = whole.take_windows()[1]
+        stream, got = FeatureStream(fps), []
+        for lo in range(0, n, 160):
+            stream.push(x[lo : lo + 160])
+            got.append(stream.take_windows()[1])
+        stream.end()
+        got.append(stream.take_windows()[1])
+        got = np.concatenate(got)
+        assert got.shape == expected.shape and np.array_equal(got, expected), f"{n} samples at {fps} fps"

@@ -101,10 +101,10 @@ class FeatureStream:
         return first, windows
 
     def _trim(self):
-        """Drop mel rows no window still to come reads."""
-        keep = int(melspec.window_start(self.queued, self.fps))
-        if self.ended:
-            keep = min(keep, self.mel.rows - melspec.WINDOW_FRAMES)
+        """Drop mel rows no window still to come reads. The last windows are
+        shifted back to end at T, which is at least the rows final now, so the
+        last 16 of those stay too, whether or not the end is known yet."""
+        keep = min(int(melspec.window_start(self.queued, self.fps)), self.mel.rows - melspec.WINDOW_FRAMES)
         drop = max(0, keep - self._mel_origin)
         if drop:
             self._mel, self._mel_origin = self._mel[drop:], self._mel_origin + drop
