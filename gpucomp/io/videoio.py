@@ -1,7 +1,9 @@
 """Reading and writing video files.
 
 Decoding goes through OpenCV because its decoder and YUV->BGR conversion define
-the reference pixels (PIPELINE.md). Frames are read sequentially; skipping to a
+the reference pixels (PIPELINE.md). A video with a display matrix (a phone's
+portrait or upside-down video) is used as OpenCV presents it: turned upright,
+as a player shows it; its size, and its face rectangles, are the upright ones. Frames are read sequentially; skipping to a
 start frame uses grab(), which decodes without converting, so frame K is exactly
 the K-th frame `cv2.VideoCapture(path).read()` returns.
 """
@@ -103,6 +105,12 @@ class FrameReader:
         expected = (self.info.height, self.info.width, 3)
         if frame.shape != expected:
             raise DatasetError(f"{self.info.path}: frame {self.position} is {frame.shape}, expected {expected}")
+        if out is not None and frame is not out:
+            # OpenCV may hand back a new array and leave `out` as it was: it does
+            # for a video with a display matrix (a phone's portrait video), which
+            # it turns upright into a buffer of its own. Only `out` is the cache.
+            np.copyto(out, frame)
+            frame = out
         self.position += 1
         return frame
 
