@@ -122,6 +122,37 @@ def _audio_at(rate):
     return setup
 
 
+def _little_memory(case):
+    """A 2 GiB machine: --batch 64 of the model's activations cannot fit."""
+    import gpucomp.engine.backends.cpu as cpu
+
+    case["monkeypatch"].setattr(cpu, "available_memory", lambda: 2 << 30)
+    case["args"].extend(["--batch", "64"])
+
+
+def _write_wav(path, rate):
+    import wave
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(rate)
+        w.writeframes(np.zeros(max(rate, 32000), "<i2").tobytes())
+    return path
+
+
+def _features_file(write):
+    def setup(case):
+        path = write(case["tmp"] / "speech.wav")
+        case["args"].extend(["--features", str(path)])
+    return setup
+
+
+def _speech(case, path):
+    from gpucomp.model.audio_encoder import build_audio_encoder
+
+    onnx.save(build_audio_encoder(0), case["tmp"] / "ave.onnx")
+    case["args"].extend(["--speech", str(path), "--audio-encoder", str(case["tmp"] / "ave.onnx")])
+
+
 CORPUS = {
     # videos
     "missing video": (_data(lambda d: (d / "full_body_video.mp4").unlink()), "full_body_video.mp4: file not found"),
@@ -158,7 +189,7 @@ CORPUS = {
     "features of the wrong shape": (_features(np.zeros((23, 256), np.float32)), "must have shape (M, 512), got (23, 256)"),
     "features in 1-D": (_features(np.zeros(512, np.float32)), "must have shape (M, 512), got (512,)"),
     "features not numbers": (_features(np.array(["a"] * 512).reshape(1, 512)), "features must be real numbers"),
-    "features not npy": (_data(lambda d: (d / "aud_ave.npy").write_bytes(b"not numpy")), "not a readable .npy array"),
+    "features not npy": (_data(lambda d: (d / "aud_ave.npy").write_bytes(b"not numpy")), "aud_ave.npy: not an .npy file"),
     # models
     "model inputs break the contract": (_bad_model("visual 3 channels"), "inputs must be visual [B,6,320,320]"),
     "model output breaks the contract": (_bad_model("output 256"), "expected one output [B,3,320,320]"),
@@ -212,6 +243,17 @@ CORPUS = {
                                             c["args"].append("--clip-rects")), "has a coordinate beyond"),
     # models that cannot take the run
     "static-batch model with --batch 4": (_static_batch_model, "takes a fixed batch of 1 frame(s)"),
+    "a batch whose activations do not fit": (_little_memory, "use --batch"),
+    # round 3: late or misleading errors
+    "features that are a wav": (_features_file(lambda p: _write_wav(p, 16000)), "not an .npy file"),
+    "--smooth with --features": (lambda c: (np.save(c["tmp"] / "f.npy", np.zeros((9, 512), np.float32)),
+                                            c["args"].extend(["--features", str(c["tmp"] / "f.npy"), "--smooth", "3"])),
+                                 "--smooth applies to features computed from --speech"),
+    "speech whose header claims 1 Hz": (lambda c: (_write_wav(c["tmp"] / "s.wav", 1), _speech(c, c["tmp"] / "s.wav")),
+                                        "a sample rate of 1 Hz is not audio"),
+    "speech of 192 kHz for an mp4": (lambda c: (_write_wav(c["tmp"] / "s.wav", 192000), _speech(c, c["tmp"] / "s.wav"),
+                                                c["args"].extend(["--format", "mp4"])),
+                                     "the AAC encoder does not take 192000 Hz audio"),
 }
 
 

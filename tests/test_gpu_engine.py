@@ -67,7 +67,10 @@ def test_gpu_sim_equals_cpu_with_clipped_rectangles(small_dataset, echo_model, t
 def test_cache_that_does_not_fit_is_refused(small_dataset, tiny_model, tmp_path, monkeypatch, capsys):
     from gpucomp.engine.backends.devices import SimDevice
 
+    from gpucomp.engine.backends.base import Backend
+
     monkeypatch.setattr(SimDevice, "free_memory", lambda self: 50 * 2**20)
+    monkeypatch.setattr(Backend, "_check_model_memory", lambda self: None)  # the model's own check aside
     code = cli.main(["render", "--data", str(small_dataset), "--model", str(tiny_model), "--output",
                      str(tmp_path / "o"), "--backend", "gpu-sim", "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()

@@ -361,6 +361,19 @@ def _bad_speech(tmp: Path, name: str) -> Path:
         return write_npy(tmp / "ints.npy", np.zeros(16000, np.int16))
     if name == "missing":
         return tmp / "nowhere.wav"
+    if name == "no channels":
+        return write_npy(tmp / "empty-columns.npy", np.zeros((16000, 0), np.float32))
+    if name == "beyond float32":
+        samples = synthetic_speech(1.0).astype(np.float64)
+        samples[123] = 1e300
+        return write_npy(tmp / "huge.npy", samples)
+    if name == "header claims 1 Hz":
+        import wave
+
+        with wave.open(str(tmp / "one-hz.wav"), "wb") as w:
+            w.setnchannels(1), w.setsampwidth(2), w.setframerate(1)
+            w.writeframes(np.zeros(32000, "<i2").tobytes())
+        return tmp / "one-hz.wav"
     raise AssertionError(name)
 
 
@@ -373,6 +386,9 @@ BAD_SPEECH = {
     "too short": "shorter than one mel window",
     "integers": "speech must be float samples",
     "missing": "speech file not found",
+    "no channels": "has no channels (shape (n, 0))",
+    "beyond float32": "sample 123 is beyond float32's range",
+    "header claims 1 Hz": "a sample rate of 1 Hz is not audio",
 }
 
 

@@ -21,7 +21,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..cli import _float_range, _int_range, _Parser, guarded
-from ..core.errors import GpucompError
 from ..io.dataset import Dataset
 from ..engine.framecache import preload
 from . import isolation, machine, reports, speech
@@ -120,13 +119,22 @@ def default_output(kind: str = "bench") -> Path:
     return Path(f"gpucomp-{kind}-{datetime.now():%Y-%m-%d-%H%M%S}")
 
 
+def writable_output(out: Path) -> Path:
+    """The results folder, created and proven writable before anything is
+    measured (a file, a path under a file, a read-only file system: one line)."""
+    from ..io.atomic import ensure_writable
+
+    ensure_writable(out, out, "the results")
+    return out
+
+
 def run(args) -> dict:
     from ..cli.demo import demo_dataset, demo_model, echo_model_path
     from ..core.telemetry import NvmlSampler, nvml_unavailable_reason
 
     _fill_defaults(args)
     show = not args.quiet
-    out = args.output or default_output()
+    out = writable_output(args.output or default_output())
     _say(f"benchmark: {'full' if args.full else 'quick (--full for the whole measurement)'} run; "
          f"results go to {out}/")
     data = args.data or demo_dataset(100, quiet=args.quiet)
@@ -140,10 +148,6 @@ def run(args) -> dict:
     gpu_info = sampler.device_info() if sampler else None
     info = machine.describe(gpu_info, gpu_reason)
     stamp = datetime.now(timezone.utc)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise GpucompError(f"{out}: cannot write the results there ({exc.strerror or exc})") from None
 
     available = [b for b in args.backends if unavailable_reason(b) is None]
     unavailable = {b: unavailable_reason(b) for b in args.backends if unavailable_reason(b) is not None}
@@ -285,7 +289,7 @@ def run_live(args) -> str:
         gpu_info = sampler.device_info()
         sampler.stop()
     info = machine.describe(gpu_info, unavailable_reason("gpu"))
-    out = args.output or default_output("bench-live")
+    out = writable_output(args.output or default_output("bench-live"))
     _say(f"live benchmark: results go to {out}/")
     section = live.run(data, model, encoder, backend=backend, counts=args.live_sessions or live.default_counts(),
                        seconds=args.live_seconds, batch=args.live_batch, workers=args.workers, lead=0.2, say=_say)
@@ -303,4 +307,4 @@ def main(argv: list[str] | None = None) -> int:
         print(reports.markdown(report))
         print(f"reports written to {report['output']}")
         return 0
-    return guarded(bench)
+    return guarded(bench, lambda: "bench")

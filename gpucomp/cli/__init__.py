@@ -1,4 +1,4 @@
-"""Command line: `python -m gpucomp {render,demo,synth,model}`.
+"""Command line: `python -m gpucomp {render,features,serve,batch,prepare,demo,synth,model}`.
 
 Bad input ends with one line `error: ...` on stderr and exit status 2; Ctrl-C or
 SIGTERM stops cleanly (every file already written is complete) with status 130.
@@ -7,10 +7,13 @@ SIGTERM stops cleanly (every file already written is complete) with status 130.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import sys
+import warnings
 from pathlib import Path
+from typing import Callable
 
 from ..core.errors import GpucompError, OutputError
 
@@ -335,13 +338,11 @@ def _default_format(args, fmt: str):
 
 
 def _cmd_features(args) -> int:
-    import io
-
-    import numpy as np
-
+    from ..core.contract import FEATURE_DIM
     from ..engine.backends import resolve
-    from ..io.atomic import ensure_writable, refuse_output_over_inputs, write_atomic
-    from ..speech.features import AudioEncoder, compute_features, encoder_providers
+    from ..io.atomic import ensure_writable, refuse_output_over_inputs
+    from ..io.npy_rows import NpyRowWriter
+    from ..speech.features import AudioEncoder, encoder_providers, features_to
 
     refuse_output_over_inputs(args.output, None, [args.audio, args.encoder])
     if args.output.is_dir():
@@ -351,17 +352,12 @@ def _cmd_features(args) -> int:
     if notice and not args.quiet:
         print(f"note: {notice}", file=sys.stderr)
     encoder = AudioEncoder(args.encoder, encoder_providers(name, tf32=args.tf32))
-    features, times, seconds = compute_features(args.audio, encoder, rate=args.audio_rate, fps=args.fps,
-                                                smooth=bool(args.smooth), batch=args.batch, progress=not args.quiet)
-    buffer = io.BytesIO()
-    np.save(buffer, features)
-    try:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(args.output, buffer.getvalue())
-    except OSError as exc:
-        raise GpucompError(f"{args.output}: cannot write the features ({exc.strerror or exc})") from None
+    # Rows go to the file as they are computed: memory does not grow with the speech.
+    with NpyRowWriter(args.output, FEATURE_DIM) as out:
+        rows, times, seconds = features_to(out.write, args.audio, encoder, rate=args.audio_rate, fps=args.fps,
+                                           smooth=bool(args.smooth), batch=args.batch, progress=not args.quiet)
     total = times.mel + times.encoder
-    print(f"wrote {features.shape[0]} x {features.shape[1]} features ({seconds:.2f} s of speech at {args.fps:g} fps) "
+    print(f"wrote {rows} x {FEATURE_DIM} features ({seconds:.2f} s of speech at {args.fps:g} fps) "
           f"to {args.output}: mel {times.mel:.3f} s, encoder {times.encoder:.3f} s "
           f"({encoder.provider.replace('ExecutionProvider', '')}), {seconds / total if total else 0:.0f}x real time")
     return 0
@@ -494,9 +490,25 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def guarded(run) -> int:
+# What lowers memory, per command, for the out-of-memory line.
+MEMORY_ADVICE = {
+    "render": "lower --batch or --cache-budget, or render a part with --start/--frames",
+    "demo": "lower --batch or --cache-budget, or --dataset-frames",
+    "batch": "lower --batch or --cache-budget, or --max-avatars",
+    "serve": "lower --batch or --cache-budget, or serve fewer avatars",
+    "features": "lower --batch",
+    "bench": "lower --batch or --frames",
+}
+# Environment errors no command can fix by itself: one line, not a traceback.
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC: "the disk is full; free some space and run again",
+                       errno.EDQUOT: "the disk quota is used up; free some space and run again",
+                       errno.EROFS: "the file system is read-only; write the output elsewhere"}
+
+
+def guarded(run, command: Callable[[], str | None] = lambda: None) -> int:
     """Run `run()` the way every gpucomp command ends: GpucompError -> one
-    `error:` line and exit 2; Ctrl-C or SIGTERM -> exit 130."""
+    `error:` line and exit 2; Ctrl-C or SIGTERM -> exit 130. `command()` names
+    the command running, for advice that applies to it."""
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # stop as cleanly as on Ctrl-C
     try:
         return run()
@@ -510,19 +522,53 @@ def guarded(run) -> int:
         from ..core.resources import available_memory, format_bytes
 
         detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else "an allocation failed"
-        print(f"error: out of memory ({detail}); only {format_bytes(available_memory())} of RAM is free; "
-              f"lower --batch or --cache-budget, or render a part with --start/--frames", file=sys.stderr)
+        advice = MEMORY_ADVICE.get(command() or "", "free memory or lower the sizes asked for")
+        print(f"error: out of memory ({detail}); only {format_bytes(available_memory())} of RAM is free; {advice}",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise  # anything else is a bug: keep its traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{_ENVIRONMENT_ERRNOS[exc.errno]}", file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
+    command: list[str] = []
+
     def run():
         parser = build_parser()
         if not (sys.argv[1:] if argv is None else argv):
             parser.print_help(sys.stderr)  # no command: what there is to run
             return EXIT_BAD_INPUT
         args = parser.parse_args(argv)
-        return COMMANDS[args.command](args)
-    return guarded(run)
+        command.append(args.command)
+        with warnings.catch_warnings():
+            show_input_warnings(quiet=getattr(args, "quiet", False))
+            return COMMANDS[args.command](args)
+    return guarded(run, lambda: command[0] if command else None)
+
+
+def show_input_warnings(quiet: bool):
+    """InputWarnings (input used, but not all of it) as `note:` lines on
+    stderr, each time; none with --quiet. Inside warnings.catch_warnings()."""
+    from ..core.errors import InputWarning
+
+    if quiet:
+        warnings.simplefilter("ignore", InputWarning)
+        return
+    warnings.simplefilter("always", InputWarning)
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, InputWarning):
+            from tqdm import tqdm
+
+            tqdm.write(f"note: {message}", file=sys.stderr)  # above any progress bar, not inside it
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show

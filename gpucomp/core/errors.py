@@ -35,6 +35,11 @@ class ResourceError(GpucompError):
     """Not enough host or device memory for what was asked."""
 
 
+class InputWarning(UserWarning):
+    """Input that was used, but not all of it: a damaged packet skipped, a file
+    shorter than its header says. The command line prints it as a `note:`."""
+
+
 def file_problem(path: Path) -> str | None:
     """Why `path` cannot be read as an input file, in a few words, or None."""
     try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,18 @@ def audio_window(features: np.ndarray, k: int) -> np.ndarray:
     lo, hi, at = audio_window_rows(int(k), features.shape[0])
     window[at : at + (hi - lo)] = features[lo:hi]
     return window
+
+
+def check_feather(avatar: "Avatar", feather: int) -> int:
+    """`feather`, or a GpucompError when it is wider than half one of the
+    avatar's face rectangles (Avatar.max_feather)."""
+    limit, frame = avatar.max_feather
+    if feather > limit:
+        p = avatar.dataset.placements[avatar.range.start + frame]
+        raise GpucompError(f"--feather {feather} is wider than half the face rectangle of frame {frame} "
+                           f"({p.width}x{p.height}), which would keep none of the face whole: use "
+                           f"--feather {limit} or less")
+    return feather
 
 
 class Avatar:
@@ -85,6 +98,15 @@ class Avatar:
     @property
     def fps(self) -> float:
         return self.dataset.fps
+
+    @cached_property
+    def max_feather(self) -> tuple[int, int]:
+        """(the widest feather every face takes, the frame that limits it): a
+        feather of K blends K pixels in from each edge, so beyond half the
+        narrowest rectangle no pixel keeps the model's face whole."""
+        sides = [(min(p.width, p.height) - 1) // 2 for p in self.dataset.placements[self.range.start:self.range.stop]]
+        frame = int(np.argmin(sides))
+        return sides[frame], frame
 
     @property
     def features(self) -> np.ndarray | None:
@@ -269,12 +291,12 @@ class Engine:
         features = _features_array(features)
         return features, Schedule.speech(len(features), avatar.range, schedule)
 
-    def _feather(self, feather: int | None) -> int:
-        """A render's feather: its own, or the engine's default."""
+    def _feather(self, feather: int | None, avatar: Avatar) -> int:
+        """A render's feather: its own, or the engine's default (check_feather)."""
         if feather is None:
-            return self.settings.feather
+            feather = self.settings.feather
         _check_int("feather", feather, 0, 64)
-        return int(feather)
+        return check_feather(avatar, int(feather))
 
     def _start(self, avatar: Avatar, features: np.ndarray, plan: Schedule, stats: StageStats, *, feather: int,
                progress: bool = False, output_reserve: int = 0) -> Job:
@@ -307,7 +329,7 @@ class Engine:
         is not resident is decoded for this iteration alone. `feather`: this
         render's (default: the engine's)."""
         job = self._start(avatar, *self._plan(avatar, features, schedule), StageStats(),
-                          feather=self._feather(feather))
+                          feather=self._feather(feather, avatar))
         batch, count = self.settings.batch, len(job)
         waiting: deque = deque()
         try:
@@ -341,7 +363,7 @@ class Engine:
                 raise GpucompError(f"request {k}: audio must be a ({AUDIO_WINDOW}, {FEATURE_DIM}) window "
                                    f"(gpucomp.audio_window), got {audio.shape}")
             refs.append(FrameRef(avatar.cache, int(request.frame), int(request.frame), k,
-                                 self._feather(request.feather)))
+                                 self._feather(request.feather, avatar)))
             windows.append(audio)
         frames: list[np.ndarray] = []
         batch = self.settings.batch

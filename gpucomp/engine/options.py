@@ -14,9 +14,10 @@ from pathlib import Path
 
 from ..core.errors import GpucompError
 from ..io.atomic import refuse_output_over_inputs
-from ..io.encode import IMAGE_FORMATS
+from ..io.encode import IMAGE_FORMATS, check_frame_size
 from ..io.video_out import STDOUT
-from .api import Avatar
+from .api import Avatar, check_feather
+from .render import check_smooth
 
 # Engine(...) arguments: the model and how it runs. Jobs sharing them share an engine.
 # (feather is the render's own: one engine serves renders of any feather)
@@ -63,9 +64,13 @@ def plan_render(options, avatar: Avatar | None = None) -> RenderPlan:
                                   [dataset.full.path, dataset.crops.path, dataset.rects_path, dataset.features_path,
                                    dataset.audio_path, options.model, options.audio, options.speech,
                                    options.audio_encoder, options.features])
+    check_frame_size(fmt, dataset.width, dataset.height)
     if options.resume and fmt not in IMAGE_FORMATS:
         raise GpucompError(f"--resume works with png and jpg output; --format {fmt} is written whole")
     from_speech = options.speech is not None and options.features is None
+    check_smooth(bool(options.smooth), from_speech=from_speech)
+    if options.feather is not None:
+        check_feather(avatar, options.feather)
     if from_speech and options.audio_encoder is None:
         raise GpucompError("--speech needs --audio-encoder ENCODER.onnx to compute its features "
                            "(or --features FILE computed earlier)")

@@ -17,8 +17,10 @@ import numpy as np
 
 from ..core.errors import GpucompError
 from ..core.telemetry import Progress, StageStats
-from ..io.audio import AudioTrack
-from ..io.encode import IMAGE_FORMATS, encoder_bytes, frame_name, open_sink, prepare_output_dir
+from ..io.audio import AudioTrack, voice_track_for_mp4
+from ..io.atomic import ensure_writable, is_special_file
+from ..io.encode import IMAGE_FORMATS, check_frame_size, encoder_bytes, frame_name, open_sink, prepare_output_dir
+from ..io.output_lock import OutputLock
 from ..io.resume import FrameLog, bytes_digest, file_digest, run_record, video_record_matches, write_video_record
 from ..io.video_out import STDOUT, VIDEO_FORMATS
 from ..io.videoio import X264_PRESETS
@@ -43,6 +45,13 @@ class RenderInterrupted(KeyboardInterrupt):
         return f"the unfinished {self.output} was removed ({self.written} frames had been encoded)"
 
 
+def check_smooth(smooth: bool, *, from_speech: bool):
+    """Smoothing is part of computing features from speech; given features are used as they are."""
+    if smooth and not from_speech:
+        raise GpucompError("--smooth applies to features computed from --speech; --features and the avatar's own "
+                           "are used as given (smooth them when computing them: features --smooth 3)")
+
+
 def render_to(engine, avatar, output, *, speech, features, fmt, schedule, smooth, feather, audio, audio_rate,
               voice_track, crf, preset, encoder, resume, progress, on_message) -> pipeline.RenderResult:
     """Engine.render. `resume`: False (start over), True (keep the frames an
@@ -59,46 +68,80 @@ def render_to(engine, avatar, output, *, speech, features, fmt, schedule, smooth
         raise GpucompError(f"--resume works with png and jpg output; --format {fmt} is written whole")
     if speech is not None and features is not None:
         raise GpucompError("give speech or features, not both")
-    feather = engine._feather(feather)
+    check_smooth(smooth, from_speech=speech is not None)
+    feather = engine._feather(feather, avatar)
     dataset = avatar.dataset
-    # Features, their source for the run record, and the default voice track.
+    check_frame_size(fmt, dataset.width, dataset.height)
+    # The voice track, read and checked before the features are computed.
+    if speech is not None:
+        track = audio if audio is not None else (
+            speech if isinstance(speech, (str, Path)) else
+            AudioTrack(np.asarray(speech, dtype=np.float32).reshape(-1), audio_rate or SAMPLE_RATE))
+    elif features is not None:
+        track = audio
+    else:
+        track = audio if audio is not None else dataset.audio_path
+    if not voice_track:
+        track = None
+    elif track is None and fmt == "mp4" and features is not None:
+        say("note: the mp4 has no voice track: --features alone brings none; add --speech or --audio")
+    if track is not None and fmt == "mp4":
+        track = voice_track_for_mp4(track, audio_rate)
+    # Features, and their source for the run record.
     features_path = None
     if speech is not None:
         features, times, seconds, provider = engine._speech_features(speech, rate=audio_rate, smooth=smooth,
                                                                      fps=avatar.fps, progress=progress)
         say(f"features: {seconds:.2f} s of speech -> {len(features)} frames (mel {times.mel:.2f} s, "
             f"encoder {times.encoder:.2f} s on {provider.replace('ExecutionProvider', '')})")
-        track = audio if audio is not None else (
-            speech if isinstance(speech, (str, Path)) else
-            AudioTrack(np.asarray(speech, dtype=np.float32).reshape(-1), audio_rate or SAMPLE_RATE))
-    elif features is not None:
-        if isinstance(features, (str, Path)):
-            features_path = Path(features)
-        track = audio
-    else:
-        track = audio if audio is not None else dataset.audio_path
-    if not voice_track:
-        track = None
-    elif track is None and fmt == "mp4" and features is not None and speech is None:
-        say("note: the mp4 has no voice track: --features alone brings none; add --speech or --audio")
+    elif isinstance(features, (str, Path)):
+        features_path = Path(features)
 
     features, plan = engine._plan(avatar, features, schedule)
     indices = plan.outputs
     stats = StageStats()
-    log, keep, record = None, frozenset(), None
+    record = None
     if output != STDOUT and (fmt in IMAGE_FORMATS or resume == "auto"):
         used = replace(dataset, features=features,
                        features_path=features_path if plan.kind != "straight" else dataset.features_path)
         record = run_record(dataset=used, model_path=engine.model_path, schedule=plan, settings=engine.settings,
                             feather=feather, backend=engine.backend, fmt=fmt)
         if fmt not in IMAGE_FORMATS:  # what else decides a video's bytes
-            record.update(crf=crf, preset=preset, encoder=encoder,
-                          voice=_track_identity(track, audio_rate) if voice_track else None)
+            record.update(crf=crf, preset=preset, encoder=encoder, voice=_track_identity(track, audio_rate))
     if resume == "auto" and fmt not in IMAGE_FORMATS and output != STDOUT:
         if video_record_matches(Path(output), record):  # finished by an earlier run of the same render
             return pipeline.RenderResult(0, 0.0, stats, kept=len(indices), backend=engine.describe(), output=output)
+    lock = _lock_output(output, fmt)
+    try:
+        return _render_locked(engine, avatar, output, fmt=fmt, features=features, plan=plan, record=record,
+                              stats=stats, feather=feather, track=track, audio_rate=audio_rate, crf=crf,
+                              preset=preset, encoder=encoder, resume=resume, progress=progress, say=say)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _lock_output(output: str, fmt: str) -> OutputLock | None:
+    """The output's lock, held for the whole render (none for stdout or a device)."""
+    path = Path(output)
+    if output == STDOUT or is_special_file(path):
+        return None
+    if fmt in IMAGE_FORMATS:
+        return OutputLock(prepare_output_dir(path), folder=True).acquire()
+    if path.is_dir():
+        return None  # the sink says what is wrong with that
+    ensure_writable(path.parent, path)
+    return OutputLock(path, folder=False).acquire()
+
+
+def _render_locked(engine, avatar, output, *, fmt, features, plan, record, stats, feather, track, audio_rate, crf,
+                   preset, encoder, resume, progress, say) -> pipeline.RenderResult:
+    """The render once its output is ours: the frame log, the sink, the frames."""
+    dataset = avatar.dataset
+    indices = plan.outputs
+    log, keep = None, frozenset()
     if fmt in IMAGE_FORMATS and output != STDOUT:
-        log = FrameLog(prepare_output_dir(Path(output)))
+        log = FrameLog(Path(output))
         if resume == "auto" and not log.same_run(record):
             log.start(record)  # another render was here: start over
         elif resume:

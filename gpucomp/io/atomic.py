@@ -10,6 +10,7 @@ the device itself.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from ..core.errors import OutputError
@@ -31,8 +32,8 @@ def is_special_file(path: Path) -> bool:
 
 
 def remove_stale_temporaries(directory: Path, pattern: str = ".*.tmp") -> int:
-    """Delete temporaries (`.NAME.PID.tmp`) left by processes that no longer
-    exist (a crash, kill -9); a live process's are left alone."""
+    """Delete temporaries (`.NAME.PID.tmp`, files or folders) left by processes
+    that no longer exist (a crash, kill -9); a live process's are left alone."""
     removed = 0
     for path in Path(directory).glob(pattern):
         try:
@@ -43,7 +44,10 @@ def remove_stale_temporaries(directory: Path, pattern: str = ".*.tmp") -> int:
             pass
         except (ValueError, PermissionError):
             continue
-        path.unlink(missing_ok=True)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
         removed += 1
     return removed
 
@@ -78,16 +82,16 @@ def write_atomic(path: Path, data: bytes):
         raise
 
 
-def ensure_writable(directory: Path, label) -> None:
+def ensure_writable(directory: Path, label, what: str = "") -> None:
     """Create `directory` if needed and prove a file can be written there; an
-    OutputError naming `label` if not."""
+    OutputError naming `label` (and `what` would have been written) if not."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
         probe = temporary_path(directory / ".write-check")
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise OutputError(f"{label}: cannot write there ({exc.strerror or exc})") from None
+        raise OutputError(f"{label}: cannot write {what + ' ' if what else ''}there ({exc.strerror or exc})") from None
 
 
 def refuse_output_over_inputs(output: Path, input_dir: Path | None, inputs) -> None:

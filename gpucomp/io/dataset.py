@@ -22,7 +22,7 @@ import numpy as np
 
 from ..core.contract import CROP_SIZE, FEATURE_DIM, Placement, place
 from ..core.errors import DatasetError, file_problem
-from .videoio import FrameReader, VideoInfo, probe_video
+from .videoio import FrameReader, VideoInfo, probe_video, with_decoded_count
 
 FULL_VIDEO = "full_body_video.mp4"
 CROPS_VIDEO = "crops_328_video.mp4"
@@ -109,7 +109,14 @@ def load_features(path: Path) -> np.ndarray:
     if problem:
         raise DatasetError(f"{path}: {problem}")
     try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if magic != b"\x93NUMPY" and not magic.startswith(b"PK"):  # neither .npy nor .npz
+            raise DatasetError(f"{path}: not an .npy file; features are an (M, {FEATURE_DIM}) float array saved "
+                               f"with numpy.save (to compute them from speech, give --speech and --audio-encoder)")
         features = np.load(path, mmap_mode="r", allow_pickle=False)
+    except DatasetError:
+        raise
     except PermissionError:
         raise DatasetError(f"{path}: permission denied") from None
     except Exception as exc:  # numpy raises several types for bad files
@@ -192,9 +199,10 @@ class Dataset:
                                    f"remove the wrong one")
         if not raw:
             raise DatasetError(f"{rects_path}: no rectangles")
+        full, crops = (with_decoded_count(info, len(raw)) for info in (full, crops))
         for info in (full, crops):
             if info.frames != len(raw):
-                raise DatasetError(f"{info.path}: has {info.frames} frames but {rects_path.name} "
+                raise DatasetError(f"{info.path}: has {info.count_text()} but {rects_path.name} "
                                    f"has {len(raw)} rectangles")
         placements = [place(r, full.width, full.height, clip=clip_rects, where=f"{rects_path}: frame {i}")
                       for i, r in enumerate(raw)]

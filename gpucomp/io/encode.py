@@ -141,6 +141,14 @@ class ImageSequenceSink:
             self.log.close()
 
 
+def check_frame_size(fmt: str, width: int, height: int) -> None:
+    """An OutputError before anything is rendered when `fmt` cannot hold
+    frames of this size: H.264 and Y4M store colour at half resolution (4:2:0)."""
+    if fmt in ("mp4", "y4m") and (width % 2 or height % 2):
+        raise OutputError(f"--format {fmt} needs an even width and height (4:2:0 colour), the avatar is "
+                          f"{width}x{height}: render png, jpg or raw, or give the avatar a video of even size")
+
+
 def open_sink(fmt: str, output, *, dataset, indices: range, workers: int, stats: StageStats, crf: int = 18,
               preset: str = "medium", encoder: str = "auto", audio=None, audio_rate=None,
               notify=None, log=None):
@@ -151,6 +159,7 @@ def open_sink(fmt: str, output, *, dataset, indices: range, workers: int, stats:
     of output frames `indices` on its timeline."""
     from .video_out import STDOUT, Mp4Sink, StreamSink, choose_encoder
 
+    check_frame_size(fmt, dataset.width, dataset.height)
     if fmt in IMAGE_FORMATS:
         if str(output) == STDOUT:
             raise OutputError(f"--format {fmt} writes one file per frame into a directory; stdout takes y4m or raw")
@@ -163,11 +172,10 @@ def open_sink(fmt: str, output, *, dataset, indices: range, workers: int, stats:
         raise OutputError("mp4 cannot be streamed to stdout (the index is written last); use y4m or raw")
     track = None
     if audio is not None:
-        from .audio import AudioTrack, check_aac_rate, load_audio
+        from .audio import voice_track_for_mp4
 
-        whole = audio if isinstance(audio, AudioTrack) else load_audio(audio, audio_rate)
-        track = whole.segment(indices.start / dataset.fps, len(indices) / dataset.fps)
-        check_aac_rate(track.rate)
+        track = voice_track_for_mp4(audio, audio_rate).segment(indices.start / dataset.fps,
+                                                               len(indices) / dataset.fps)
     name, notice = choose_encoder(encoder)
     if notice and notify:
         notify(notice)

@@ -16,7 +16,6 @@ the output and renamed into place when complete.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +26,8 @@ import numpy as np
 from ..core.contract import CROP_SIZE, place
 from .dataset import CROPS_VIDEO, FULL_VIDEO, RECT_FILES, load_rectangles
 from ..core.errors import DatasetError, OutputError
-from .atomic import refuse_nonempty_output
-from .videoio import FrameReader, H264Writer, VideoInfo, probe_video
+from .atomic import refuse_nonempty_output, remove_stale_temporaries, temporary_path
+from .videoio import FrameReader, H264Writer, VideoInfo, probe_video, with_decoded_count
 
 CROPS_CRF = 10  # the crops are the model's input: keep them close to lossless
 
@@ -60,8 +59,9 @@ def plan_prepare(video: Path, rects_path: Path, output: Path) -> PreparePlan:
     raw = load_rectangles(rects_path)
     if not raw:
         raise DatasetError(f"{rects_path}: no rectangles")
+    info = with_decoded_count(info, len(raw))
     if info.frames != len(raw):
-        raise DatasetError(f"{video}: has {info.frames} frames but {rects_path.name} has {len(raw)} rectangles")
+        raise DatasetError(f"{video}: has {info.count_text()} but {rects_path.name} has {len(raw)} rectangles")
     placements = [place(r, info.width, info.height, clip=False, where=f"{rects_path}: frame {i}",
                         outside_hint="prepare cuts each face out of the frame: move or shrink the rectangle "
                                      "to lie inside it")
@@ -78,7 +78,9 @@ def prepare_dataset(video: Path, rects_path: Path, output: Path, progress=None) 
 def write_prepared(plan: PreparePlan, progress=None) -> int:
     """Write a checked `prepare` (a hidden folder renamed into place when complete)."""
     info, placements, output = plan.info, plan.placements, plan.output
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    tmp = temporary_path(output)
+    # A prepare killed before it finished left its folder (a copy of the video in it).
+    remove_stale_temporaries(output.parent, f".{output.name}.*.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)

@@ -24,8 +24,8 @@ import os
 import threading
 from pathlib import Path
 
-from .atomic import write_atomic
-from ..core.errors import GpucompError
+from .atomic import AtomicTarget, write_atomic
+from ..core.errors import GpucompError, OutputError
 
 RECORD_NAME = ".gpucomp-run.json"
 LOG_NAME = ".gpucomp-frames.log"
@@ -101,9 +101,24 @@ class FrameLog:
         self._file = None
 
     def start(self, record: dict):
-        """A new run: its record, and an empty log (written atomically)."""
-        write_atomic(self.directory / LOG_NAME, b"")
-        write_atomic(self.directory / RECORD_NAME, json.dumps(record, indent=1, sort_keys=True).encode())
+        """A new run: its record, and an empty log. Both are written in full
+        before either replaces the earlier run's, so a failure (a full disk)
+        leaves that run's --resume intact; the log goes first, since an empty
+        log beside the old record keeps nothing, while the new record beside
+        the old log would keep another run's frames."""
+        log, rec = AtomicTarget(self.directory / LOG_NAME), AtomicTarget(self.directory / RECORD_NAME)
+        try:
+            try:
+                log.path.write_bytes(b"")
+                rec.path.write_bytes(json.dumps(record, indent=1, sort_keys=True).encode())
+            except OSError as exc:
+                raise OutputError(f"{self.directory}: cannot start the run's record there ({exc.strerror or exc}); "
+                                  f"an earlier run's frames and record are as they were") from None
+            log.commit()
+            rec.commit()
+        finally:
+            log.discard()
+            rec.discard()
         self._open()
 
     def resume(self, record: dict, names: dict[int, str]) -> frozenset[int]:
@@ -122,7 +137,8 @@ class FrameLog:
             raise GpucompError(f"{path}: unreadable ({exc}); run without --resume to start over") from None
         differ = _differences(old, record)
         if differ:
-            raise GpucompError(f"{self.directory}: --resume refused: {', '.join(differ)} differ from the interrupted "
+            verb = "differs" if len(differ) == 1 else "differ"
+            raise GpucompError(f"{self.directory}: --resume refused: {', '.join(differ)} {verb} from the interrupted "
                                f"run's; run without --resume to render every frame again")
         logged = self._logged()
         keep = set()

@@ -137,8 +137,6 @@ class StreamSink(OrderedSink):
     """Y4M (I420) or raw BGR24 frames to a file or to stdout."""
 
     def __init__(self, target: str | Path, fmt: str, width: int, height: int, fps: float, stats: StageStats):
-        if fmt == "y4m" and (width % 2 or height % 2):
-            raise OutputError(f"y4m output needs even frame sizes (4:2:0), got {width}x{height}; use raw")
         self.fmt = fmt
         self.to_stdout = str(target) == STDOUT
         if self.to_stdout:

@@ -10,7 +10,7 @@ the K-th frame `cv2.VideoCapture(path).read()` returns.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
@@ -29,6 +29,12 @@ class VideoInfo:
     width: int
     height: int
     fps: float
+    container_frames: int | None = None  # what the container said, when decoding found another count
+
+    def count_text(self) -> str:
+        """'N frames', and what the container claimed when that differs."""
+        said = f" (its container says {self.container_frames})" if self.container_frames is not None else ""
+        return f"{self.frames} frames{said}"
 
 
 def probe_video(path: Path) -> VideoInfo:
@@ -48,6 +54,23 @@ def probe_video(path: Path) -> VideoInfo:
     if frames <= 0 or width <= 0 or height <= 0:
         raise DatasetError(f"{path}: no video frames found (corrupt or not a video file)")
     return VideoInfo(path, frames, width, height, fps if fps > 0 else 25.0)
+
+
+def with_decoded_count(info: VideoInfo, expected: int) -> VideoInfo:
+    """`info` when its container's frame count is `expected`; else the count
+    of frames that really decode (a variable-frame-rate webm or mkv, whose
+    count OpenCV estimates from the duration, or an mp4 whose edit list hides
+    some), found by decoding the video once without converting a pixel."""
+    if info.frames == expected:
+        return info
+    cap = cv2.VideoCapture(str(info.path))
+    try:
+        count = 0
+        while cap.grab():
+            count += 1
+    finally:
+        cap.release()
+    return info if count == info.frames else replace(info, frames=count, container_frames=info.frames)
 
 
 class FrameReader:

@@ -121,6 +121,11 @@ class ModelSession:
         self._lock = threading.Lock()
         self._warm: set[int] = set()
 
+    @property
+    def warm_batches(self) -> frozenset[int]:
+        """Batch sizes that have run (warm_up)."""
+        return frozenset(self._warm)
+
     def check_batches(self, sizes) -> None:
         """A ModelError before any run when the model's batch axis is static and
         the render needs other batch sizes (ONNX Runtime would fail mid-run)."""

@@ -1,5 +1,6 @@
 """Speech -> per-frame audio features (AUDIO.md): the mel front end, the audio
-encoder in batches, optional smoothing, and the first and last rows repeated.
+encoder in batches, optional smoothing, and the first and last rows repeated,
+all block by block as the speech is read, so memory does not grow with it.
 
     samples (16 kHz) -> mel (T, 80) -> n windows [n, 1, 80, 16] -> encoder -> [n, 512]
                      -> [f0, f0, f1, ..., f(n-1), f(n-1)]    M = n + 2 rows, one per video frame
@@ -15,6 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -26,6 +28,7 @@ from ..model.session import load_session, one_line
 
 WINDOW_SHAPE = (1, melspec.N_MELS, melspec.WINDOW_FRAMES)
 ENCODER_BATCH = 64
+SPEECH_BLOCK = 1 << 16  # samples pushed through the front end at a time (4 s at 16 kHz)
 
 
 def _shape_matches(shape, tail) -> bool:
@@ -93,39 +96,100 @@ def pad_rows(rows: np.ndarray) -> np.ndarray:
     return np.concatenate([rows[:1], rows, rows[-1:]])
 
 
+class _PaddedRows:
+    """Encoder rows f0, f1, ... given a block at a time -> the padded features
+    [f0, f0, f1, ..., f(n-1), f(n-1)] (after smooth_rows, when asked), each
+    row handed to `emit` as soon as it is final: the same numbers as
+    pad_rows(smooth_rows(all rows)), without holding all rows."""
+
+    def __init__(self, emit: Callable[[np.ndarray], None], smooth: bool):
+        self.emit, self.smooth = emit, smooth
+        self.context = None   # smoothing: the last two raw rows (the last one not yet smoothed)
+        self.last = None      # the last row emitted, repeated at the end
+        self.count = 0
+
+    def put(self, rows: np.ndarray):
+        if self.smooth and len(rows):
+            padded = np.concatenate([rows[:1] if self.context is None else self.context, rows])
+            self.context = padded[-2:]
+            rows = (padded[:-2] + padded[1:-1] + padded[2:]) / np.float32(3)  # smooth_rows' arithmetic
+        self._out(rows)
+
+    def end(self):
+        if self.smooth and self.context is not None:
+            padded = np.concatenate([self.context, self.context[-1:]])
+            self._out((padded[:-2] + padded[1:-1] + padded[2:]) / np.float32(3))
+        if self.last is not None:
+            self._out(self.last[None])
+
+    def _out(self, rows: np.ndarray):
+        if not len(rows):
+            return
+        rows = rows.astype(np.float32, copy=False)
+        if self.last is None:
+            self.emit(rows[:1])  # f0 twice
+            self.count += 1
+        self.emit(rows)
+        self.count += len(rows)
+        self.last = rows[-1].copy()
+
+
+def stream_features(blocks: Iterable[np.ndarray], encoder: AudioEncoder, emit: Callable[[np.ndarray], None], *,
+                    fps: float = 25.0, smooth: bool = False, batch: int = ENCODER_BATCH,
+                    times: FeatureTimes | None = None, progress=None, where: str = "speech") -> tuple[int, int]:
+    """Features of 16 kHz mono speech given a block at a time: the padded rows
+    go to `emit` in order as they become final, through the streaming front end
+    (speech/stream.py), so memory does not grow with the speech; returns
+    (M rows, samples). `progress(windows)` follows the encoder."""
+    from .stream import FeatureStream
+
+    times = times if times is not None else FeatureTimes()
+    if encoder.fixed_batch is not None:
+        batch = encoder.fixed_batch
+    stream, rows = FeatureStream(fps), _PaddedRows(emit, smooth)
+    encoded = 0
+
+    def encode_ready():
+        nonlocal encoded
+        while True:
+            t0 = time.perf_counter()
+            _, windows = stream.take_windows(batch)
+            times.mel += time.perf_counter() - t0
+            if not len(windows):
+                return
+            rows.put(encode_windows(encoder, windows, times))
+            encoded += len(windows)
+            if progress:
+                progress(encoded)
+
+    for block in blocks:
+        t0 = time.perf_counter()
+        stream.push(block)
+        times.mel += time.perf_counter() - t0
+        encode_ready()
+    t0 = time.perf_counter()
+    stream.end()
+    times.mel += time.perf_counter() - t0
+    if not stream.count:
+        need = (melspec.WINDOW_FRAMES - 1) * melspec.HOP
+        raise DatasetError(f"{where}: {stream.samples / melspec.SAMPLE_RATE:.3f} s of speech is shorter than one "
+                           f"mel window; at least {need / melspec.SAMPLE_RATE:.4f} s ({need} samples at 16 kHz) "
+                           f"is needed")
+    encode_ready()
+    rows.end()
+    return rows.count, stream.samples
+
+
 def speech_features(samples: np.ndarray, encoder: AudioEncoder, *, fps: float = 25.0, smooth: bool = False,
                     batch: int = ENCODER_BATCH, times: FeatureTimes | None = None, progress=None,
                     where: str = "speech") -> np.ndarray:
     """(M, 512) float32 features of 16 kHz mono `samples` at `fps` video frames
-    per second: the whole speech through the streaming front end
-    (speech/stream.py), so features computed as speech arrives are these rows."""
-    from .stream import FeatureStream
-
-    times = times if times is not None else FeatureTimes()
-    frames = melspec.mel_frames(len(samples))
-    if frames < melspec.WINDOW_FRAMES:
-        need = (melspec.WINDOW_FRAMES - 1) * melspec.HOP
-        raise DatasetError(f"{where}: {len(samples) / melspec.SAMPLE_RATE:.3f} s of speech is shorter than one "
-                           f"mel window; at least {need / melspec.SAMPLE_RATE:.4f} s ({need} samples at 16 kHz) "
-                           f"is needed")
-    stream = FeatureStream(fps)
-    t0 = time.perf_counter()
-    stream.push(samples)
-    stream.end()
-    times.mel += time.perf_counter() - t0
-    if encoder.fixed_batch is not None:
-        batch = encoder.fixed_batch
-    while not stream.done:
-        t0 = time.perf_counter()
-        first, windows = stream.take_windows(batch)
-        times.mel += time.perf_counter() - t0
-        stream.put_rows(first, encode_windows(encoder, windows, times))
-        if progress:
-            progress(stream.encoded)
-    rows = stream.encoder_rows
-    if smooth:
-        rows = smooth_rows(rows)
-    return pad_rows(rows)
+    per second (stream_features over the whole array)."""
+    out: list[np.ndarray] = []
+    blocks = (samples[lo : lo + SPEECH_BLOCK] for lo in range(0, len(samples), SPEECH_BLOCK))
+    stream_features(blocks, encoder, out.append, fps=fps, smooth=smooth, batch=batch, times=times,
+                    progress=progress, where=where)
+    return np.concatenate(out)
 
 
 def encode_windows(encoder: AudioEncoder, windows: np.ndarray, times: FeatureTimes | None = None) -> np.ndarray:
@@ -144,28 +208,48 @@ def encode_windows(encoder: AudioEncoder, windows: np.ndarray, times: FeatureTim
     return out[:count]
 
 
+def _speech_input(speech, rate: int | None) -> tuple[Iterable[np.ndarray], str, float]:
+    """(16 kHz mono blocks, name for messages, seconds expected for progress)
+    of `speech`: a path (read as it is used) or a 1-D float array at `rate`."""
+    from ..io.audio import AudioReader, SPEECH_RATE, resample
+
+    if isinstance(speech, (str, Path)):
+        reader = AudioReader(Path(speech), rate, resample_to=SPEECH_RATE, noun="speech")
+        return reader.blocks(), str(speech), reader.estimated_seconds
+    samples = resample(speech_samples(speech), rate or SPEECH_RATE, SPEECH_RATE)
+    blocks = (samples[lo : lo + SPEECH_BLOCK] for lo in range(0, len(samples), SPEECH_BLOCK))
+    return blocks, "speech", len(samples) / SPEECH_RATE
+
+
+def features_to(emit: Callable[[np.ndarray], None], speech, encoder: AudioEncoder, *, rate: int | None = None,
+                fps: float = 25.0, smooth: bool = False, batch: int = ENCODER_BATCH,
+                progress: bool = False) -> tuple[int, FeatureTimes, float]:
+    """(rows, times, seconds of speech): the features of `speech` (a path to
+    any audio file or an .npy of samples at `rate`, or a 1-D float array at
+    `rate`, default 16 kHz; other rates are resampled) handed to `emit` a
+    block of rows at a time. `progress` draws a bar on stderr."""
+    from ..core.telemetry import decode_progress
+
+    blocks, where, seconds = _speech_input(speech, rate)
+    expected = max(1, melspec.window_count(melspec.mel_frames(int(seconds * melspec.SAMPLE_RATE)), fps))
+    times = FeatureTimes()
+    report, close = decode_progress(expected, "features", progress)
+    try:
+        count, samples = stream_features(blocks, encoder, emit, fps=fps, smooth=smooth, batch=batch, times=times,
+                                         progress=report, where=where)
+    finally:
+        close()
+    return count, times, samples / melspec.SAMPLE_RATE
+
+
 def compute_features(speech, encoder: AudioEncoder, *, rate: int | None = None, fps: float = 25.0,
                      smooth: bool = False, batch: int = ENCODER_BATCH,
                      progress: bool = False) -> tuple[np.ndarray, FeatureTimes, float]:
-    """(features, times, seconds of speech) of `speech`: a path (any audio file,
-    or an .npy of samples at `rate`) or a 1-D float array at `rate` (default
-    16 kHz); other rates are resampled. `progress` draws a bar on stderr."""
-    from ..core.telemetry import decode_progress
-    from ..io.audio import load_speech, resample
-
-    if isinstance(speech, (str, Path)):
-        samples, where = load_speech(Path(speech), rate), str(speech)
-    else:
-        samples, where = resample(speech_samples(speech), rate or melspec.SAMPLE_RATE, melspec.SAMPLE_RATE), "speech"
-    times = FeatureTimes()
-    windows = max(1, melspec.window_count(melspec.mel_frames(len(samples)), fps))
-    report, close = decode_progress(windows, "features", progress)
-    try:
-        features = speech_features(samples, encoder, fps=fps, smooth=smooth, batch=batch, times=times,
-                                   progress=report, where=where)
-    finally:
-        close()
-    return features, times, len(samples) / melspec.SAMPLE_RATE
+    """(features (M, 512), times, seconds of speech) of `speech` (see features_to)."""
+    out: list[np.ndarray] = []
+    _, times, seconds = features_to(out.append, speech, encoder, rate=rate, fps=fps, smooth=smooth, batch=batch,
+                                    progress=progress)
+    return np.concatenate(out), times, seconds
 
 
 def speech_samples(samples) -> np.ndarray:

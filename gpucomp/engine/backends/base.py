@@ -31,6 +31,7 @@ from ...core.errors import ResourceError
 from ...core.resources import format_bytes
 from ...core.telemetry import StageStats
 from ...io.dataset import Dataset
+from ...model.memory import activation_bytes, activation_floor
 from ...speech.schedule import Schedule, as_schedule
 from ..framecache import FrameRing, ring_slots
 
@@ -147,10 +148,40 @@ class Backend(ABC):
                                                                          self._reserve_frame_bytes)
 
     def _room(self) -> tuple[int, str | None]:
-        """(bytes a new cache may take, the memory's name when that is what is free)."""
+        """(bytes a new cache may take, the memory's name when that is what is
+        free: what the model's first run of --batch will take is kept aside)."""
         if self.settings.cache_budget is not None:
             return max(0, self.settings.cache_budget - self.held_bytes), None
-        return self.free_memory(), self.memory_kind
+        pending = self.pending_model_bytes()
+        kind = self.memory_kind if not pending else \
+            f"{self.memory_kind} (beside {format_bytes(pending)} kept for the model's first run)"
+        return max(0, self.free_memory() - pending), kind
+
+    # -- the model's own memory ----------------------------------------------------
+
+    def _check_model_memory(self):
+        """Once the session exists: the model's activations per frame
+        (gpucomp.model.memory), and a ResourceError now, before anything is
+        loaded or run, when a batch of --batch frames cannot fit."""
+        self.activation_floor = activation_floor(self.session.path)
+        batch = self.settings.batch
+        need, free = activation_bytes(self.activation_floor, batch), self.free_memory()
+        if need > free:
+            per_frame = activation_bytes(self.activation_floor, 1)
+            fits = free // per_frame if per_frame else 0
+            advice = f"use --batch {fits} or less" if fits else "no batch fits: free memory or use a smaller model"
+            raise ResourceError(f"a batch of {batch} frames needs about {format_bytes(need)} for the model's "
+                                f"activations ({format_bytes(per_frame)} per frame, {self.session.path.name}) but "
+                                f"only {format_bytes(free)} of {self.memory_kind} is free; {advice}")
+
+    @abstractmethod
+    def warmed_batch(self) -> int:
+        """The largest batch size the model has run (its memory is then allocated)."""
+
+    def pending_model_bytes(self) -> int:
+        """The model's activation memory for --batch not yet allocated."""
+        floor = getattr(self, "activation_floor", 0)
+        return max(0, activation_bytes(floor, self.settings.batch) - activation_bytes(floor, self.warmed_batch()))
 
     def load(self, dataset: Dataset, frames: Schedule | range, *, progress=None, stream: bool = False,
              what: str | None = None, output_reserve: int | None = None) -> FrameCache:

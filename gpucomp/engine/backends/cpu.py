@@ -68,6 +68,7 @@ class CpuBackend(Backend):
     def __init__(self, model_path: Path, settings, stats, dataset=None):
         super().__init__(settings, stats, dataset)
         self.session = ModelSession(model_path, ["CPUExecutionProvider"], threads=settings.threads)
+        self._check_model_memory()
         # Frames are composited in parallel by our pool; OpenCV's own threads
         # on a 180x180 resize would only add contention.
         cv2.setNumThreads(1)
@@ -80,6 +81,9 @@ class CpuBackend(Backend):
 
     def free_memory(self) -> int:
         return int(PRELOAD_MEMORY_SHARE * available_memory())
+
+    def warmed_batch(self) -> int:
+        return max(self.session.warm_batches, default=0)
 
     def in_flight_bytes(self, batch: int, frame_bytes: int) -> int:
         return in_flight_bytes(batch, self.settings.workers, self.max_in_flight, frame_bytes)

@@ -92,6 +92,7 @@ class GpuBackend(Backend):
                                      "missing? pip install 'onnxruntime-gpu[cuda,cudnn]')")
         if self.session.io.dtype != np.float32:
             raise ModelError(f"{model_path}: the GPU engine takes float32 models")
+        self._check_model_memory()
         self.max_in_flight = max(2, ring)
         batch = settings.batch
         # The model's buffers: bound once per batch size, never reallocated (a
@@ -131,6 +132,9 @@ class GpuBackend(Backend):
 
     def free_memory(self) -> int:
         return max(0, self.device.free_memory() - self.device.headroom_bytes)
+
+    def warmed_batch(self) -> int:
+        return max(self.bindings, default=0)
 
     def in_flight_bytes(self, batch: int, frame_bytes: int) -> int:
         # The device output ring and its pinned host twin.
