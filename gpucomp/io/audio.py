@@ -198,13 +198,11 @@ class _Resampler:
         frame.sample_rate = self.rate
         return self.push_frame(frame)
 
-    def push_frame(self, frame) -> np.ndarray:
-        return self._collect(frame)
-
     def flush(self) -> np.ndarray:
-        return self._collect(None)
+        return self.push_frame(None)
 
-    def _collect(self, frame) -> np.ndarray:
+    def push_frame(self, frame) -> np.ndarray:
+        """The samples that `frame` (a decoded AudioFrame; None: the end) completes."""
         try:
             out = [f.to_ndarray().reshape(-1, self.channels) for f in self.resampler.resample(frame)]
         except Exception as exc:  # av's own error types

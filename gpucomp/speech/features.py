@@ -186,10 +186,13 @@ def speech_features(samples: np.ndarray, encoder: AudioEncoder, *, fps: float = 
     """(M, 512) float32 features of 16 kHz mono `samples` at `fps` video frames
     per second (stream_features over the whole array)."""
     out: list[np.ndarray] = []
-    blocks = (samples[lo : lo + SPEECH_BLOCK] for lo in range(0, len(samples), SPEECH_BLOCK))
-    stream_features(blocks, encoder, out.append, fps=fps, smooth=smooth, batch=batch, times=times,
+    stream_features(_blocks(samples), encoder, out.append, fps=fps, smooth=smooth, batch=batch, times=times,
                     progress=progress, where=where)
     return np.concatenate(out)
+
+
+def _blocks(samples: np.ndarray) -> Iterable[np.ndarray]:
+    return (samples[lo : lo + SPEECH_BLOCK] for lo in range(0, len(samples), SPEECH_BLOCK))
 
 
 def encode_windows(encoder: AudioEncoder, windows: np.ndarray, times: FeatureTimes | None = None) -> np.ndarray:
@@ -217,8 +220,7 @@ def _speech_input(speech, rate: int | None) -> tuple[Iterable[np.ndarray], str, 
         reader = AudioReader(Path(speech), rate, resample_to=SPEECH_RATE, noun="speech")
         return reader.blocks(), str(speech), reader.estimated_seconds
     samples = resample(speech_samples(speech), rate or SPEECH_RATE, SPEECH_RATE)
-    blocks = (samples[lo : lo + SPEECH_BLOCK] for lo in range(0, len(samples), SPEECH_BLOCK))
-    return blocks, "speech", len(samples) / SPEECH_RATE
+    return _blocks(samples), "speech", len(samples) / SPEECH_RATE
 
 
 def features_to(emit: Callable[[np.ndarray], None], speech, encoder: AudioEncoder, *, rate: int | None = None,
