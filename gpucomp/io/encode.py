@@ -159,7 +159,6 @@ def open_sink(fmt: str, output, *, dataset, indices: range, workers: int, stats:
     of output frames `indices` on its timeline."""
     from .video_out import STDOUT, Mp4Sink, StreamSink, choose_encoder
 
-    check_frame_size(fmt, dataset.width, dataset.height)
     if fmt in IMAGE_FORMATS:
         if str(output) == STDOUT:
             raise OutputError(f"--format {fmt} writes one file per frame into a directory; stdout takes y4m or raw")

@@ -121,6 +121,7 @@ class Backend(ABC):
         self.caches: list[FrameCache] = []
         self.job = None
         self._reserve_frame_bytes = 0  # finished frames in flight are counted at this size
+        self.activation_floor = 0  # the model's activation bytes per frame (_check_model_memory)
 
     # -- memory --------------------------------------------------------------
 
@@ -180,7 +181,7 @@ class Backend(ABC):
 
     def pending_model_bytes(self) -> int:
         """The model's activation memory for --batch not yet allocated."""
-        floor = getattr(self, "activation_floor", 0)
+        floor = self.activation_floor
         return max(0, activation_bytes(floor, self.settings.batch) - activation_bytes(floor, self.warmed_batch()))
 
     def load(self, dataset: Dataset, frames: Schedule | range, *, progress=None, stream: bool = False,
