@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import gpucomp
-from gpucomp.live.client import LiveClient
+from gpucomp_client import LiveClient
 from gpucomp.live.protocol import audio_span, pingpong
 from gpucomp.live.scheduler import Scheduler
 from gpucomp.live.server import CONNECTIONS, LiveServer

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..live.client import LiveClient
+from gpucomp_client import LiveClient
 
 HOLD_SHARE = 0.98      # of the frames due, received
 LATENESS_LIMIT = 0.1   # seconds, p99

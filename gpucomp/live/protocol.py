@@ -72,11 +72,3 @@ def pack_frame(header: dict, image: bytes, audio: bytes) -> bytes:
     """One binary frame message; the header gains the byte counts."""
     head = json.dumps({**header, "image": len(image), "audio": len(audio)}, separators=(",", ":")).encode()
     return struct.pack(">I", len(head)) + head + image + audio
-
-
-def unpack_frame(message: bytes) -> tuple[dict, bytes, bytes]:
-    """(header, image, audio) of a binary frame message (clients, tests)."""
-    (length,) = struct.unpack(">I", message[:4])
-    header = json.loads(message[4 : 4 + length])
-    image_end = 4 + length + header["image"]
-    return header, message[4 + length : image_end], message[image_end : image_end + header["audio"]]

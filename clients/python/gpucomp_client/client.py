@@ -1,9 +1,9 @@
-"""A Python client of the live protocol (aiohttp): the live benchmark's
-synthetic speakers, the tests, and an example for integrations.
+"""The protocol client of docs/LIVE.md over a WebSocket (aiohttp): the one
+implementation, used by the agent adapters, gpucomp's live benchmark and its tests.
 
     async with LiveClient(url, "anna") as client:
-        await client.speak(pcm, chunk_seconds=0.02, realtime=True)   # s16le mono 16 kHz
-        frames = await client.frames_until(lambda f: f.header["row"] == last_row)
+        await client.speak(pcm, chunk_samples=320, realtime=True)   # s16le mono 16 kHz, then end
+        await client.wait_for(lambda c: any(f.header["row"] == last_row for f in c.frames))
 """
 
 from __future__ import annotations
