@@ -20,7 +20,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..cli import _float_range, _int_range, _Parser, guarded
+from ..cli.args import Parser, float_range, int_range
+from ..cli.guard import guarded
 from ..io.dataset import Dataset
 from ..engine.framecache import preload
 from . import isolation, machine, reports, speech
@@ -50,29 +51,29 @@ def _grid(text: str) -> tuple[list[int], list[int]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m gpucomp.bench", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m gpucomp.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, help="dataset directory (default: the cached 100-frame demo dataset)")
     p.add_argument("--model", type=Path, help="ONNX model (default: the cached full-width UNet-328)")
     p.add_argument("--full", action="store_true",
                    help="the whole measurement: every frame of the dataset, 8 s of speech rendered, 60 s for the "
                         "features (the default is a quick run: 24 frames, 2 s and 20 s)")
-    p.add_argument("--frames", type=_int_range(1, 10**6),
+    p.add_argument("--frames", type=int_range(1, 10**6),
                    help="frames per run (default 24; with --full the whole dataset)")
-    p.add_argument("--batch", type=_int_range(1, 256), default=4)
-    p.add_argument("--workers", type=_int_range(1, 256), default=4)
+    p.add_argument("--batch", type=int_range(1, 256), default=4)
+    p.add_argument("--workers", type=int_range(1, 256), default=4)
     p.add_argument("--backends", type=_backends, default=["seed", "cpu", "gpu"],
                    help="comma-separated, from seed,cpu,gpu,gpu-sim (default seed,cpu,gpu)")
     p.add_argument("--format", choices=("png", "jpg"), default="png")
-    p.add_argument("--repeat", type=_int_range(1, 100), default=3, help="timed repeats per configuration (default 3)")
+    p.add_argument("--repeat", type=int_range(1, 100), default=3, help="timed repeats per configuration (default 3)")
     p.add_argument("--grid", nargs="?", const=DEFAULT_GRID, type=_grid, default=None,
                    help=f"also sweep batch x workers, BATCHES:WORKERS (default {DEFAULT_GRID})")
     p.add_argument("--output", type=Path, help="results folder (default ./gpucomp-bench-<date>-<time>)")
     p.add_argument("--no-isolation", action="store_true", help="skip the stage-isolation measurements")
     p.add_argument("--no-exactness", action="store_true", help="skip the echo-model exactness pass")
     p.add_argument("--no-speech", action="store_true", help="skip the speech rows")
-    p.add_argument("--speech-seconds", type=_float_range(0.5, 3600), default=None,
+    p.add_argument("--speech-seconds", type=float_range(0.5, 3600), default=None,
                    help="built-in speech rendered for the speech rows (default 2 s; 8 s with --full)")
-    p.add_argument("--features-seconds", type=_float_range(0.5, 36000), default=None,
+    p.add_argument("--features-seconds", type=float_range(0.5, 36000), default=None,
                    help="built-in speech for the features throughput (default 20 s; 60 s with --full)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     live = p.add_argument_group("live sessions (--live runs only these)")
@@ -81,11 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--live-sessions", type=_session_counts, default=None,
                       help="session counts to try, e.g. 1,2,4,8 (default 1, 2, 4, ... 512; stops at the first "
                            "count some session cannot hold)")
-    live.add_argument("--live-seconds", type=_float_range(1, 600), default=8.0,
+    live.add_argument("--live-seconds", type=float_range(1, 600), default=8.0,
                       help="speech each session streams (default 8 s)")
-    live.add_argument("--live-batch", type=_int_range(1, 256), default=8, help="the server's batch (default 8)")
+    live.add_argument("--live-batch", type=int_range(1, 256), default=8, help="the server's batch (default 8)")
     live.add_argument("--live-backend", choices=("auto", "cpu", "gpu", "gpu-sim"), default="auto")
-    live.add_argument("--live-width-mult", type=_float_range(0, 4), default=0.25,
+    live.add_argument("--live-width-mult", type=float_range(0, 4), default=0.25,
                       help="the demo UNet's width when --model is not given (default 0.25)")
     return p
 

@@ -1,4 +1,5 @@
-"""Built-in demo assets, built once and cached: a synthetic dataset, models, speech.
+"""`python -m gpucomp demo`, and the built-in demo assets it renders, built once and
+cached: a synthetic dataset, models, speech.
 
 The cache lives in $GPUCOMP_CACHE, else $XDG_CACHE_HOME/gpucomp, else
 ~/.cache/gpucomp. Entries are built under a temporary name and renamed into
@@ -15,6 +16,8 @@ from pathlib import Path
 
 from ..core.resources import cache_dir
 from ..io.atomic import write_atomic
+from . import render
+from .args import add_render_options, default_format, float_range, int_range
 
 # Bump when the generator changes what it writes, so stale caches are not reused.
 SYNTH_VERSION = 2  # 2: the demo avatar's aud_ave.npy is its own voice through the demo encoder
@@ -189,3 +192,37 @@ def demo_assets(*, frames: int = 100, width_mult: float = 1.0, speech_seconds: f
     """The demo assets, built once and cached (see `cache_dir`)."""
     return DemoAssets(demo_dataset(frames, quiet=quiet), demo_model(width_mult, quiet=quiet),
                       demo_audio_encoder(quiet=quiet), demo_speech(speech_seconds, quiet=quiet))
+
+
+# -- the command ---------------------------------------------------------------
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="render the built-in demo dataset with the built-in model (built once, cached)")
+    p.add_argument("--output", default=None, help="default out/demo (png/jpg) or out/demo.<format>")
+    p.add_argument("--dataset-frames", type=int_range(2, 100000), default=100,
+                   help="frames in the demo dataset (default 100)")
+    p.add_argument("--model-kind", choices=("talking", "unet328"), default="talking",
+                   help="talking (default): a small model that shows the face with a mouth following the speech; "
+                        "unet328: the full UNet-328 with seeded weights (what the benchmark times; it paints noise)")
+    p.add_argument("--width-mult", type=float_range(0, 4), default=1.0,
+                   help="with --model-kind unet328: its width multiplier (default 1.0, the full UNet-328)")
+    p.add_argument("--speech", action="store_true",
+                   help="make the avatar say built-in synthetic speech, through the built-in audio encoder, "
+                        "to out/demo-speech.mp4 with the speech as its track")
+    p.add_argument("--speech-seconds", type=float_range(0.2, 3600), default=8.0,
+                   help="length of the built-in speech (default 8 s)")
+    add_render_options(p)
+
+
+def run(args) -> int:
+    default_format(args, "mp4" if args.speech else "png")
+    if args.output is None:
+        name = "demo-speech" if args.speech else "demo"
+        args.output = f"out/{name}" if args.format in ("png", "jpg") else f"out/{name}.{args.format}"
+    args.data = demo_dataset(args.dataset_frames, quiet=args.quiet)
+    args.model = demo_talking_model(quiet=args.quiet) if args.model_kind == "talking" else \
+        demo_model(args.width_mult, quiet=args.quiet)
+    args.speech = demo_speech(args.speech_seconds, quiet=args.quiet) if args.speech else None
+    args.audio_encoder = demo_audio_encoder(quiet=args.quiet) if args.speech else None
+    args.features, args.smooth = None, 0
+    return render.run(args)
