@@ -5,9 +5,10 @@
                           with INTER_CUBIC to 328x328, as the original producer made them
     crop_rectangles.json  the rectangles, {"<i>": {"rect": [x1, y1, x2, y2]}}
 
-Rectangles come from a face tracker (usually face landmarks, enlarged to a
-square around the lower face); gpucomp takes them as given and validates them
-as it validates datasets: one per frame, integer, non-empty, inside the frame.
+Rectangles come from a file (any face tracker's, validated as a dataset's
+are: one per frame, integer, non-empty, inside the frame), or are found in the
+video by gpucomp.face: SyncTalk_2D's crop from face landmarks, smoothed over
+time.
 There are no audio features: the dataset is for speech renders, which bring
 their own (`render --speech`). The dataset is built in a hidden folder beside
 the output and renamed into place when complete.
@@ -68,6 +69,24 @@ def plan_prepare(video: Path, rects_path: Path, output: Path) -> PreparePlan:
                   for i, r in enumerate(raw)]
     refuse_nonempty_output(output)
     return PreparePlan(info, placements, output)
+
+
+def plan_detected(video: Path, output: Path, *, fill: bool = False, progress=None):
+    """`plan_prepare` with the rectangles found in the video (gpucomp.face):
+    the plan, and the frames that had no face and took their rectangles from
+    their neighbours (`fill`; without it such frames are refused). The output
+    is checked before the video is read through."""
+    from ..face.detect import detect_rectangles
+
+    video, output = Path(video), Path(output)
+    info = probe_video(video)
+    refuse_nonempty_output(output)
+    found = detect_rectangles(info, fill=fill, progress=progress)
+    hint = "the face is too near the frame's edge for the crop, which reaches below the chin"
+    placements = [place(r, found.info.width, found.info.height, clip=False, where=f"{video}: frame {i}",
+                        outside_hint=hint)
+                  for i, r in enumerate(found.rects)]
+    return PreparePlan(found.info, placements, output), found.filled
 
 
 def prepare_dataset(video: Path, rects_path: Path, output: Path, progress=None) -> int:
