@@ -113,7 +113,7 @@ def test_missing_frames_are_named_and_filled_from_neighbours():
 # ------------------------------------------------------------------ bad input
 
 
-def _write_video(path, frames, fps=25):
+def write_video(path, frames, fps=25):
     height, width = frames[0].shape[:2]
     with H264Writer(path, width, height, fps, preset="veryfast", threads=1) as writer:
         for frame in frames:
@@ -125,7 +125,7 @@ def test_a_video_without_a_face_is_refused(tmp_path):
     from gpucomp.face.detect import detect_rectangles
 
     rng = np.random.default_rng(1)
-    video = _write_video(tmp_path / "wall.mp4", [rng.integers(90, 110, (360, 640, 3), dtype=np.uint8)] * 4)
+    video = write_video(tmp_path / "wall.mp4", [rng.integers(90, 110, (360, 640, 3), dtype=np.uint8)] * 4)
     with pytest.raises(DatasetError, match=r"wall.mp4: no face found in any of its 4 frames"):
         detect_rectangles(probe_video(video))
 
@@ -146,7 +146,7 @@ SHIFT, GROWTH = (60.0, -30.0), 1.25  # the known amounts: moved 60 px right and 
 FACE_CENTRE = (623.0, 301.0)  # the frame is scaled about this point (near the real rectangle's centre)
 
 
-def _motion():
+def motion_plan():
     """(dx, dy, scale) of each frame: still, a ramp to SHIFT, a hold, a ramp to GROWTH, a hold."""
     plan = [(0.0, 0.0, 1.0)] * STILL
     plan += [(SHIFT[0] * k / MOVE, SHIFT[1] * k / MOVE, 1.0) for k in range(1, MOVE + 1)]
@@ -156,13 +156,13 @@ def _motion():
     return plan
 
 
-def _affine(dx, dy, scale):
+def camera_affine(dx, dy, scale):
     cx, cy = FACE_CENTRE
     return np.array([[scale, 0, cx - scale * cx + dx], [0, scale, cy - scale * cy + dy]])
 
 
-def _moved_rect(rect, dx, dy, scale):
-    a = _affine(dx, dy, scale)
+def moved_rect(rect, dx, dy, scale):
+    a = camera_affine(dx, dy, scale)
     x1, y1 = a @ [rect[0], rect[1], 1]
     x2, y2 = a @ [rect[2], rect[3], 1]
     return np.array([x1, y1, x2, y2])
@@ -178,20 +178,24 @@ def real_rect(sanders):
     return json.loads((sanders / "crop_rectangles.json").read_text())["0"]["rect"]
 
 
-@pytest.fixture(scope="module")
-def moving_video(real_frame, tmp_path_factory):
-    """The real frame as a camera would film it: sensor noise on every frame
-    (uniform in -3..3 levels, standard deviation 2; seeded), still, then moved
-    and grown by known amounts."""
+def camera_clip(frame: np.ndarray, path):
+    """`frame` as a camera would film it: sensor noise on every frame (uniform
+    in -3..3 levels, standard deviation 2; seeded), still, then moved and grown
+    by known amounts (motion_plan). benchmarks/detect.py measures the same clip."""
     rng = np.random.default_rng(0)
-    height, width = real_frame.shape[:2]
+    height, width = frame.shape[:2]
     frames = []
-    for dx, dy, scale in _motion():
-        moved = cv2.warpAffine(real_frame, _affine(dx, dy, scale), (width, height), flags=cv2.INTER_LINEAR,
+    for dx, dy, scale in motion_plan():
+        moved = cv2.warpAffine(frame, camera_affine(dx, dy, scale), (width, height), flags=cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_REPLICATE)
         noise = rng.integers(-3, 4, moved.shape, dtype=np.int16)
         frames.append(np.clip(moved + noise, 0, 255).astype(np.uint8))
-    return _write_video(tmp_path_factory.mktemp("moving") / "moving.mp4", frames)
+    return write_video(path, frames)
+
+
+@pytest.fixture(scope="module")
+def moving_video(real_frame, tmp_path_factory):
+    return camera_clip(real_frame, tmp_path_factory.mktemp("moving") / "moving.mp4")
 
 
 @pytest.fixture(scope="module")
@@ -199,41 +203,57 @@ def moving_rects(moving_video):
     from gpucomp.face.detect import detect_rectangles
 
     found = detect_rectangles(probe_video(moving_video))
-    assert found.filled == [] and found.info.frames == len(_motion())
+    assert found.filled == [] and found.info.frames == len(motion_plan())
     return np.array(found.rects)
 
 
+def clip_figures(rects, real_rect) -> dict:
+    """What the tests check and the README reports, from the camera clip's
+    rectangles: frame 0 against the real rectangle; the still part's jitter
+    (over the frames whose smoothing sees only still frames); the error against
+    the still rectangle moved and grown by the known amounts, where the face
+    has stopped and over all frames; and the growth of the width."""
+    rects = np.asarray(rects)
+    plan = motion_plan()
+    still = rects[:STILL - COARSE_REACH]
+    steps, returns = steps_and_returns(still)
+    expected = np.array([moved_rect(rects[:STILL].mean(axis=0), *p) for p in plan])
+    error = np.abs(rects - expected).max(axis=1)
+    held = [i for i in range(len(plan))
+            if plan[max(0, i - FINE_REACH):i + FINE_REACH + 1].count(plan[i]) == 2 * FINE_REACH + 1]
+    width = rects[:, 2] - rects[:, 0]
+    return {"frame0_rect": rects[0].tolist(), "real_rect": list(real_rect), "frame0_iou": iou(rects[0], real_rect),
+            "frame0_centre_offset_px": centre_offset(rects[0], real_rect).tolist(),
+            "still_frames": len(still), "still_max_step_px": max_step(still), "still_steps": steps,
+            "still_returns": returns, "stopped_max_error_px": float(error[held].max()),
+            "max_error_px": float(error.max()), "growth": float(width[-1] / width[0])}
+
+
+@pytest.fixture(scope="module")
+def figures(moving_rects, real_rect):
+    return clip_figures(moving_rects, real_rect)
+
+
 @pytest.mark.slow
-def test_first_frame_against_the_real_rectangle(moving_rects, real_rect):
+def test_first_frame_against_the_real_rectangle(figures):
     # The real rectangle came from SyncTalk_2D's own landmark model on the
     # original frame; inside it the published frame holds an older composite,
     # so part of the face the landmarks see is not the original one.
-    first = moving_rects[0]
-    assert iou(first, real_rect) >= 0.88, (first, real_rect)
-    assert np.abs(centre_offset(first, real_rect)).max() <= 10, (first, real_rect)
+    assert figures["frame0_iou"] >= 0.88, figures
+    assert np.abs(figures["frame0_centre_offset_px"]).max() <= 10, figures
 
 
 @pytest.mark.slow
-def test_a_still_face_does_not_jitter(moving_rects):
-    # Over the frames whose smoothing sees only the still part: single-pixel
-    # steps at most, and never back to a value left (no flicker).
-    still = moving_rects[:STILL - COARSE_REACH]
-    steps, returns = steps_and_returns(still)
-    assert max_step(still) <= 1 and returns == 0, still
+def test_a_still_face_does_not_jitter(figures):
+    # Single-pixel steps at most, and never back to a value left (no flicker).
+    assert figures["still_max_step_px"] <= 1 and figures["still_returns"] == 0, figures
 
 
 @pytest.mark.slow
-def test_moved_and_grown_by_known_amounts(moving_rects):
-    plan = _motion()
-    still = moving_rects[:STILL].mean(axis=0)
-    expected = np.array([_moved_rect(still, *p) for p in plan])
-    error = np.abs(moving_rects - expected).max(axis=1)
-    held = [i for i in range(len(plan))
-            if plan[max(0, i - FINE_REACH):i + FINE_REACH + 1].count(plan[i]) == 2 * FINE_REACH + 1]
-    assert held and error[held].max() <= 5.0, error[held]  # where the face has stopped: its place and size
-    assert error.max() <= 8.0, error  # and on the way
-    width = moving_rects[:, 2] - moving_rects[:, 0]
-    assert abs(width[-1] / width[0] - GROWTH) < 0.03, (width[0], width[-1])
+def test_moved_and_grown_by_known_amounts(figures):
+    assert figures["stopped_max_error_px"] <= 5.0, figures  # where the face has stopped: its place and size
+    assert figures["max_error_px"] <= 8.0, figures  # and on the way
+    assert abs(figures["growth"] - GROWTH) < 0.03, figures
 
 
 @pytest.mark.slow
@@ -244,10 +264,89 @@ def test_frames_without_a_face_are_named_or_filled(real_frame, real_rect, tmp_pa
     x1, y1, x2, y2 = real_rect
     covered[y1 - 120:y2, x1 - 20:x2 + 20] = (90, 90, 90)  # the head hidden behind a grey card
     frames = [real_frame] * 4 + [covered] * 3 + [real_frame] * 5
-    info = probe_video(_write_video(tmp_path / "hidden.mp4", frames))
+    info = probe_video(write_video(tmp_path / "hidden.mp4", frames))
     with pytest.raises(DatasetError, match=r"no face found in 3 of its 12 frames \(frames 4-6\); give --fill"):
         detect_rectangles(info)
     found = detect_rectangles(info, fill=True)
     assert found.filled == [4, 5, 6]
     rects = np.array(found.rects)  # the same still face on both sides of the gap, and in it
     assert np.abs(rects - rects[0]).max() <= 4 and iou(rects[5], real_rect) >= 0.85, rects
+
+
+# ------------------------------------------------------------------ the command
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--detect"], "prepare needs a video"),
+    (["V.mp4", "--video", "V.mp4", "--detect"], "give the video once"),
+    (["V.mp4"], "prepare needs the face rectangles: --rects RECTS.json, or --detect"),
+    (["V.mp4", "--detect", "--rects", "r.json"], "give --rects or --detect, not both"),
+    (["--video", "V.mp4", "--rects", "r.json", "--fill"], "--fill goes with --detect"),
+])
+def test_prepare_options_misused(argv, message, tmp_path, capsys):
+    from gpucomp.cli import main
+
+    assert main(["prepare", *argv, "--output", str(tmp_path / "out"), "--quiet"]) == 2
+    assert message in _one_error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("unreadable", "notes.mp4: cannot be opened as a video"),
+    ("no face", "wall.mp4: no face found in any of its 4 frames"),
+    ("output exists", "exists and is not an empty directory"),
+])
+def test_prepare_detect_refuses_bad_input_in_one_line(case, message, tmp_path, capsys):
+    from gpucomp.cli import main
+
+    out = tmp_path / "avatar"
+    if case == "unreadable":
+        video = tmp_path / "notes.mp4"
+        video.write_text("not a video\n" * 100)
+    else:
+        rng = np.random.default_rng(1)
+        video = write_video(tmp_path / "wall.mp4", [rng.integers(90, 110, (360, 640, 3), dtype=np.uint8)] * 4)
+    if case == "output exists":
+        out.mkdir()
+        (out / "keep.txt").write_text("mine")
+    assert main(["prepare", str(video), "--detect", "--output", str(out), "--quiet"]) == 2
+    assert message in _one_error_line(capsys)
+    if case == "output exists":
+        assert (out / "keep.txt").read_text() == "mine"
+    else:
+        assert not out.exists()
+    assert not list(tmp_path.glob(".avatar.*"))
+
+
+@pytest.mark.slow
+def test_prepare_detect_makes_a_dataset_render_reads(real_frame, real_rect, tmp_path, capsys):
+    from gpucomp.cli import main
+    from gpucomp.io.dataset import Dataset, load_rectangles
+    from gpucomp.io.prepare import producer_crop
+
+    covered = real_frame.copy()
+    x1, y1, x2, y2 = real_rect
+    covered[y1 - 120:y2, x1 - 20:x2 + 20] = (90, 90, 90)
+    video = write_video(tmp_path / "speaker.mp4", [real_frame] * 5 + [covered] + [real_frame] * 4)
+    out = tmp_path / "avatar"
+    assert main(["prepare", str(video), "--detect", "--output", str(out), "--quiet"]) == 2
+    assert "no face found in 1 of its 10 frames (frames 5); give --fill" in _one_error_line(capsys)
+    assert not out.exists()
+    assert main(["prepare", str(video), "--detect", "--fill", "--output", str(out), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "note: no face found in 1 of 10 frames (5); their rectangles were filled from the nearest frames" \
+        in captured.err
+    assert "wrote a 10-frame dataset" in captured.out and "found in the video" in captured.out
+    dataset = Dataset.open(out, features=False)
+    rects = load_rectangles(out / "crop_rectangles.json")
+    assert dataset.frames == 10 and iou(rects[0], real_rect) >= 0.85
+    full, crops = cv2.VideoCapture(str(out / "full_body_video.mp4")), cv2.VideoCapture(str(out / "crops_328_video.mp4"))
+    frame, crop = full.read()[1], crops.read()[1]
+    mse = np.mean((crop.astype(np.float64) - producer_crop(frame, rects[0])) ** 2)
+    assert 10 * np.log10(255**2 / max(mse, 1e-9)) > 38  # the crop of the detected rectangle

@@ -10,15 +10,18 @@ frame) are the only thing kept per frame.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from ..core.errors import DatasetError
-from ..io.videoio import VideoInfo
 from .landmarks import FaceLandmarks
 from .rectangle import box_to_rect, synctalk_box
 from .smooth import fill_missing, frame_list_text, hold_integers, missing_frames, smooth
+
+if TYPE_CHECKING:  # gpucomp.io sits above this package (its prepare uses it)
+    from ..io.videoio import VideoInfo
 
 
 @dataclass(frozen=True)

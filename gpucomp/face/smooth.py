@@ -1,21 +1,22 @@
 """Face boxes over time: frames without a face, smoothing, whole pixels.
 
-A box is a row of floats per frame (SyncTalk_2D's xmin, ymin and width, or the
-detector's x1, y1, x2, y2), NaN where no face was found. The rows of a whole
-video are held (at most 32 bytes a frame); the frames are not.
+A box is SyncTalk_2D's (xmin, ymin, width) in floats, one row per frame, NaN
+where no face was found. The rows of a whole video are held (24 bytes a frame);
+the frames are not.
 
 Smoothing runs over the whole video at once, so it has no lag. A running
 median over MEDIAN_FRAMES frames drops a frame whose landmarks were fitted
 badly. Then two local straight-line fits with Gaussian weights (symmetric in
 time: a face moving steadily is followed exactly): a short one (FINE_SIGMA
 frames) that follows every turn of the head, and a long one (COARSE_SIGMA
-frames) that averages the landmarks' own tremor (1-1.5 px a frame on a still
-face) down to almost nothing. The long one is used, held within AGREE_PX of
-the short one: a still face gets the long average, and where the head turns
-or stops, which the long fit rounds off, the box stays within AGREE_PX of the
-short fit. Integer pixels are then held: the box moves only once a smoothed
-value is HOLD_PX or more from the integer it has, so a still face whose box
-hovers around x.5 does not flicker between two pixels.
+frames) that averages the landmarks' own tremor (a standard deviation of 1 to
+2 px on the real sanders frame held still) down to almost nothing. The long
+one is used, held within AGREE_PX of the short one: a still face gets the long
+average, and where the head turns or stops, which the long fit rounds off,
+the box stays within AGREE_PX of the short fit. Integer pixels are then held:
+the box moves only once a smoothed value is HOLD_PX or more from the integer
+it has, so a still face whose box hovers around x.5 does not flicker between
+two pixels.
 """
 
 from __future__ import annotations
@@ -93,15 +94,14 @@ def _local_line(values: np.ndarray, sigma: float) -> np.ndarray:
     return out
 
 
-def smooth(boxes: np.ndarray, agree_px=AGREE_PX) -> np.ndarray:
-    """Every frame's box smoothed over time (no NaN allowed: fill first);
-    `agree_px` may be given per frame, as a column."""
+def smooth(boxes: np.ndarray) -> np.ndarray:
+    """Every frame's box smoothed over time (no NaN allowed: fill first)."""
     boxes = np.asarray(boxes, dtype=np.float64)
     if len(boxes) < 2:
         return boxes.copy()
     boxes = _running_median(boxes, MEDIAN_FRAMES)
     fine = _local_line(boxes, FINE_SIGMA)
-    return np.clip(_local_line(boxes, COARSE_SIGMA), fine - agree_px, fine + agree_px)
+    return np.clip(_local_line(boxes, COARSE_SIGMA), fine - AGREE_PX, fine + AGREE_PX)
 
 
 def hold_integers(values: np.ndarray) -> np.ndarray:
