@@ -130,6 +130,20 @@ def test_a_video_without_a_face_is_refused(tmp_path):
         detect_rectangles(probe_video(video))
 
 
+def test_without_the_detect_extra_detect_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from gpucomp import cli
+
+    monkeypatch.setitem(sys.modules, "dlib", None)  # as if the extra were not installed
+    rng = np.random.default_rng(1)
+    video = write_video(tmp_path / "face.mp4", [rng.integers(90, 110, (360, 640, 3), dtype=np.uint8)] * 2)
+    assert cli.main(["prepare", str(video), "--detect", "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'gpucomp[detect]'" in err[0] and "licence" in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_unreadable_video_is_refused(tmp_path):
     from gpucomp.io.prepare import plan_detected
 

