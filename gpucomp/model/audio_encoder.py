@@ -91,6 +91,23 @@ def loudness_channels(layer: int, cin: int, k: int, stride) -> dict[int, tuple[n
     return {0: (kernel, 0.0)}
 
 
+def loudness(windows: np.ndarray) -> np.ndarray:
+    """The loudness feature of mel windows [B, 1, 80, 16], computed in NumPy
+    as the designed channel computes it (what feature 0 of a seeded encoder is)."""
+    from .unet328 import _conv
+
+    out = []
+    for window in np.asarray(windows, np.float32):
+        x = band_amplitude(window.astype(np.float64)).astype(np.float32)  # (1, 80, 16)
+        for layer, (cin, _cout, k, stride, pad, residual) in enumerate(LAYERS):
+            if layer == 0 or residual or layer == 1:
+                continue  # the amplitude itself, and the pass-throughs
+            kernel, bias = loudness_channels(layer, 1, k, stride)[0]
+            x = _conv(x, kernel[None], np.array([bias], np.float32), stride, pad, 1)
+        out.append(float(x.reshape(-1)[0]))
+    return np.array(out, np.float32)
+
+
 # Windows calibrated side by side: the last layers see one position per window,
 # and BatchNorm statistics over a single position would be degenerate.
 CALIBRATION_WINDOWS = 8
