@@ -14,8 +14,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..model.check import run_checks
+    from ..engine.check import run_checks
+    from .demo import demo_dataset
 
-    run_checks(args.model, args.audio_encoder, lambda line: print(line, flush=True))
+    run_checks(args.model, demo_dataset(quiet=True), args.audio_encoder, lambda line: print(line, flush=True))
     print("the model can render")
     return 0

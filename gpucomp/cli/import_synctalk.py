@@ -25,19 +25,20 @@ def run(args) -> int:
     from ..core.telemetry import decode_progress
     from ..io.atomic import refuse_output_over_inputs
     from ..io.synctalk import AVATAR_DIR, ENCODER_FILE, UNET_FILE, plan_import, write_import
+    from ..model.synctalk import audio_encoder_from_checkpoint, unet328_from_checkpoint
 
     refuse_output_over_inputs(args.output, args.dataset, [args.checkpoint, args.audio_encoder])
-    plan = plan_import(args.dataset, args.checkpoint, args.audio_encoder, args.output)
+    plan = plan_import(args.dataset, args.output)  # every check before the first progress bar
+    models = {UNET_FILE: unet328_from_checkpoint(args.checkpoint)}
+    if args.audio_encoder is not None:
+        models[ENCODER_FILE] = audio_encoder_from_checkpoint(args.audio_encoder)
     report, close = decode_progress(2 * len(plan.frames), "import", not args.quiet)
     try:
-        frames = write_import(plan, report)
+        frames = write_import(plan, models, report)
     finally:
         close()
     out = args.output
-    speech = (f"--speech SPEECH.wav --audio-encoder {out / ENCODER_FILE}" if plan.encoder is not None
-              else "--features FEATURES.npy (no --audio-encoder was given)")
-    print(f"wrote a {frames}-frame avatar to {out / AVATAR_DIR} and {out / UNET_FILE}"
-          f"{'' if plan.encoder is None else f' and {out / ENCODER_FILE}'}; render new speech with: "
-          f"python -m gpucomp render --data {out / AVATAR_DIR} --model {out / UNET_FILE} {speech} "
-          f"--format mp4 --output OUT.mp4")
+    speech = f" --speech SPEECH --audio-encoder {out / ENCODER_FILE}" if ENCODER_FILE in models else ""
+    print(f"wrote a {frames}-frame avatar and its models to {out}; render it with: python -m gpucomp render "
+          f"--data {out / AVATAR_DIR} --model {out / UNET_FILE}{speech} --output OUTPUT")
     return 0

@@ -14,12 +14,13 @@ becomes, in a new folder:
                  crops and crop_rectangles.json made by `prepare` from the
                  decoded frames, the rectangles by SyncTalk_2D's own rule
                  (gpucomp.core.face_rect), aud_ave.npy and aud.wav (as audio.wav)
-    unet328.onnx the checkpoint's UNet-328 (gpucomp.model.synctalk)
-    ave.onnx     the audio-encoder checkpoint's encoder, when given
+    unet328.onnx the checkpoint's UNet-328 and
+    ave.onnx     the audio-encoder checkpoint's encoder, when given: ONNX
+                 models the caller made (gpucomp.model.synctalk)
 
 Everything is checked before the first frame is encoded: the files, every
-landmark file, every rectangle inside its frame, the features, and both
-checkpoints. The folder is built under a hidden name beside the output and
+landmark file, every rectangle inside its frame, the features (and, by the
+caller, both checkpoints). The folder is built under a hidden name beside the output and
 renamed into place when complete.
 """
 
@@ -49,15 +50,13 @@ AVATAR_DIR, UNET_FILE, ENCODER_FILE = "avatar", "unet328.onnx", "ave.onnx"
 
 @dataclass(frozen=True)
 class SyncTalkImport:
-    """A checked import: the frames, their rectangles, and the models to write."""
+    """A checked import: the frames, their rectangles, and where they go."""
 
     dataset: Path
     frames: list[Path]
     rects: list[tuple[int, int, int, int]]
     width: int
     height: int
-    unet: object           # onnx.ModelProto
-    encoder: object | None
     output: Path
 
 
@@ -95,10 +94,8 @@ def read_landmarks(path: Path) -> np.ndarray:
     return np.array(points, np.float32)
 
 
-def plan_import(dataset: Path, checkpoint: Path, audio_encoder: Path | None, output: Path) -> SyncTalkImport:
-    """Every check of the import, before anything is written."""
-    from ..model.synctalk import audio_encoder_from_checkpoint, unet328_from_checkpoint
-
+def plan_import(dataset: Path, output: Path) -> SyncTalkImport:
+    """Every check of the dataset and the output, before anything is written."""
     dataset, output = Path(dataset), Path(output)
     if not dataset.is_dir():
         raise DatasetError(f"{dataset}: dataset directory not found")
@@ -118,15 +115,14 @@ def plan_import(dataset: Path, checkpoint: Path, audio_encoder: Path | None, out
                                "rectangles: fix the landmarks or leave the frame out")
         rects.append((p.x1, p.y1, p.x2, p.y2))
     load_features(dataset / FEATURES_FILE)  # its checks (shape, NaN) before anything is written
-    unet = unet328_from_checkpoint(checkpoint)
-    encoder = audio_encoder_from_checkpoint(audio_encoder) if audio_encoder is not None else None
     refuse_nonempty_output(output)
-    return SyncTalkImport(dataset, frames, rects, width, height, unet, encoder, output)
+    return SyncTalkImport(dataset, frames, rects, width, height, output)
 
 
-def write_import(plan: SyncTalkImport, progress=None) -> int:
-    """Write the folder; `progress(done)` after each frame of the two passes
-    (encoding the frames, cutting the crops: 2 N in all). Returns the frame count."""
+def write_import(plan: SyncTalkImport, models: dict, progress=None) -> int:
+    """Write the folder with `models` ({file name: onnx.ModelProto}) beside the
+    avatar; `progress(done)` after each frame of the two passes (encoding the
+    frames, cutting the crops: 2 N in all). Returns the frame count."""
     import onnx
 
     output = plan.output
@@ -157,9 +153,8 @@ def write_import(plan: SyncTalkImport, progress=None) -> int:
         shutil.copyfile(plan.dataset / FEATURES_FILE, avatar / FEATURES_FILE)
         if (plan.dataset / VOICE_FILE).is_file():
             shutil.copyfile(plan.dataset / VOICE_FILE, avatar / "audio.wav")
-        onnx.save(plan.unet, str(tmp / UNET_FILE))
-        if plan.encoder is not None:
-            onnx.save(plan.encoder, str(tmp / ENCODER_FILE))
+        for name, model in models.items():
+            onnx.save(model, str(tmp / name))
         if output.exists():
             output.rmdir()  # empty, checked above
         tmp.rename(output)

@@ -145,13 +145,18 @@ def build_talking_model() -> onnx.ModelProto:
 def check_loudness_feature(encoder: Path) -> None:
     """A ModelError unless the audio encoder's feature 0 is the loudness the
     talking model reads (every seeded `ave` encoder's; a trained one's is not)."""
-    from ..speech.features import AudioEncoder
     from .audio_encoder import calibration_window, loudness
+    from .session import load_session, one_line
 
-    session = AudioEncoder(encoder)
+    session = load_session(Path(encoder), ["CPUExecutionProvider"])
     windows = calibration_window(np.random.default_rng(0))[0].reshape(80, -1, 16).transpose(1, 0, 2)[:, None]
     windows = np.ascontiguousarray(windows)
-    got, expected = session.encode(windows)[:, LOUDNESS_FEATURE], loudness(windows)
-    if not np.allclose(got, expected, rtol=1e-3, atol=1e-6):
+    try:
+        (features,) = session.run(None, {session.get_inputs()[0].name: windows})
+        got = np.asarray(features).reshape(len(windows), -1)[:, LOUDNESS_FEATURE]
+    except Exception as exc:  # not an encoder of mel windows [B, 1, 80, 16]
+        raise ModelError(f"{encoder}: not an audio encoder of mel windows [B,1,80,16] ({one_line(exc)})") from None
+    expected = loudness(windows)
+    if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-3, atol=1e-6):
         raise ModelError(f"{encoder}: its feature {LOUDNESS_FEATURE} is not the loudness the talking model reads; "
                          f"the talking model goes with the built-in ave encoder (`model --kind ave`, any seed)")

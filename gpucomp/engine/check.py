@@ -6,10 +6,10 @@ render finds out: one finding per line, in the order a render meets them.
     error what blocks rendering: not ONNX, the wrong shapes, a static batch,
           NaN, an output outside [0, 1], an output that ignores its inputs
 
-The checks stop at the first error. Real inputs are the built-in demo avatar's
-crops (as the engine builds model inputs from them: contract.visual_input) with
-feature windows of the built-in voice, through the given encoder, or else the
-demo avatar's own features.
+The checks stop at the first error. Real inputs are an avatar's crops (the
+built-in demo avatar's, given by the caller) as the engine builds model inputs
+from them (contract.visual_input), with feature windows of the built-in voice
+through the given encoder, or else the avatar's own features.
 """
 
 from __future__ import annotations
@@ -22,8 +22,11 @@ from typing import Iterator
 import numpy as np
 
 from ..core.contract import AUDIO_SHAPE, VISUAL_SHAPE
-from ..core.errors import GpucompError, ModelError
+from ..core.errors import ModelError
 from ..core.resources import available_memory, format_bytes
+from ..model.memory import ACTIVATION_FACTOR, activation_floor
+from ..model.providers import CPU, cuda_provider_unavailable_reason, cuda_providers
+from ..model.session import ModelSession
 
 TIMED_BATCH = 4
 TIMED_RUNS = 3
@@ -39,8 +42,6 @@ class Finding:
 
 
 def _providers():
-    from .providers import CPU, cuda_provider_unavailable_reason, cuda_providers
-
     return (cuda_providers(), "CUDA") if cuda_provider_unavailable_reason() is None else ([CPU], "CPU")
 
 
@@ -70,21 +71,21 @@ def _check_output(pred: np.ndarray, where: str) -> None:
         raise ModelError(f"{where}: the output is one constant value ({lo:.4g}) everywhere")
 
 
-def _real_inputs(encoder_path: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Two model inputs from the demo avatar (frames 10 and 40), their audio
-    windows, and the windows swapped (same faces, other speech)."""
-    from ..cli.demo import demo_dataset
+def _real_inputs(avatar_path: Path, encoder_path: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two model inputs from the avatar (frames 10 and 40, or its last), their
+    audio windows, and the windows swapped (same faces, other speech)."""
     from ..core.contract import audio_input, visual_input
     from ..io.dataset import Dataset, load_features
     from ..io.synth import synthetic_speech
     from ..io.videoio import FrameReader
 
-    avatar = Dataset.open(demo_dataset(quiet=True))
+    avatar = Dataset.open(avatar_path, features=None)
+    picked = (min(10, avatar.frames - 1), avatar.frames - 1 if avatar.frames <= 40 else 40)
     crops = []
     with FrameReader(avatar.crops) as reader:
-        for k in range(41):
+        for k in range(picked[1] + 1):
             frame = reader.read()
-            if k in (10, 40):
+            if k in picked:
                 crops.append(frame)
     visual = visual_input(np.stack(crops))
     if encoder_path is None:
@@ -97,12 +98,9 @@ def _real_inputs(encoder_path: Path | None) -> tuple[np.ndarray, np.ndarray, np.
     return visual, audio, audio[::-1].copy()
 
 
-def check_model(path: Path, audio_encoder: Path | None = None) -> Iterator[Finding]:
-    """Findings about `path` (and `audio_encoder`); a ModelError for the first
-    that blocks rendering."""
-    from .memory import ACTIVATION_FACTOR, activation_floor
-    from .session import ModelSession
-
+def check_model(path: Path, avatar: Path, audio_encoder: Path | None = None) -> Iterator[Finding]:
+    """Findings about `path` (and `audio_encoder`), run on `avatar`'s faces; a
+    ModelError for the first that blocks rendering."""
     path = Path(path)
     yield _opset(path)
     providers, device = _providers()
@@ -127,12 +125,12 @@ def check_model(path: Path, audio_encoder: Path | None = None) -> Iterator[Findi
                          f"not in [0, 1] (an image; a final Sigmoid missing?)")
     yield Finding("ok", f"all-zero inputs: output in [{zeros.min():.3f}, {zeros.max():.3f}]")
 
-    visual, audio, swapped = _real_inputs(audio_encoder)
+    visual, audio, swapped = _real_inputs(avatar, audio_encoder)
     real = session.run(visual, audio)
-    _check_output(real, f"{path}: on the demo avatar's faces")
+    _check_output(real, f"{path}: on the avatar's faces")
     if np.array_equal(real[0], real[1]) or np.array_equal(real[:1], zeros[:1]):
         raise ModelError(f"{path}: the output is the same for different inputs (it ignores them)")
-    yield Finding("ok", f"the demo avatar's faces and speech: output in [{real.min():.3f}, {real.max():.3f}], "
+    yield Finding("ok", f"the avatar's faces and speech: output in [{real.min():.3f}, {real.max():.3f}], "
                         f"spread {real.std():.3f}")
     other = session.run(visual, swapped)
     if np.array_equal(other, real):
@@ -182,10 +180,7 @@ def check_audio_encoder(path: Path, providers, device: str) -> Iterator[Finding]
                         f"{features.max():.3f}]; {1000 * seconds / len(windows):.2f} ms per video frame on {device}")
 
 
-def run_checks(path: Path, audio_encoder: Path | None, emit) -> None:
+def run_checks(path: Path, avatar: Path, audio_encoder: Path | None, emit) -> None:
     """`emit(line)` for each finding; a GpucompError for the first that blocks."""
-    for finding in check_model(path, audio_encoder):
+    for finding in check_model(path, avatar, audio_encoder):
         emit(str(finding))
-
-
-__all__ = ["Finding", "GpucompError", "check_model", "check_audio_encoder", "run_checks"]
