@@ -139,7 +139,8 @@ def demo_speech(seconds: float = 8.0, seed: int = 0, quiet: bool = False) -> Pat
 @dataclass(frozen=True)
 class DemoAssets:
     """Paths of the built-in demo: an avatar folder (a synthetic dataset with its
-    own features), a lip-sync model, the audio encoder and a wav of speech."""
+    own features), a lip-sync model (the talking model, or UNet-328 with seeded
+    weights), the audio encoder and a wav of speech."""
 
     avatar: Path
     model: Path
@@ -147,11 +148,17 @@ class DemoAssets:
     speech: Path
 
 
-def demo_assets(*, frames: int = 100, width_mult: float = 1.0, speech_seconds: float = 8.0,
-                quiet: bool = True) -> DemoAssets:
-    """The demo assets, built once and cached (see `cache_dir`)."""
-    return DemoAssets(demo_dataset(frames, quiet=quiet), demo_model(width_mult, quiet=quiet),
-                      demo_audio_encoder(quiet=quiet), demo_speech(speech_seconds, quiet=quiet))
+def demo_assets(*, frames: int = 100, model_kind: str = "talking", width_mult: float = 1.0,
+                speech_seconds: float = 8.0, quiet: bool = True) -> DemoAssets:
+    """The demo assets, built once and cached (see `cache_dir`). `model_kind`:
+    "talking" (the face with a mouth that follows the speech) or "unet328"
+    (the real model's graph and cost with seeded weights, `width_mult` wide:
+    noise for a face)."""
+    if model_kind not in ("talking", "unet328"):
+        raise ValueError(f"model_kind must be 'talking' or 'unet328', got {model_kind!r}")
+    model = demo_talking_model(quiet=quiet) if model_kind == "talking" else demo_model(width_mult, quiet=quiet)
+    return DemoAssets(demo_dataset(frames, quiet=quiet), model, demo_audio_encoder(quiet=quiet),
+                      demo_speech(speech_seconds, quiet=quiet))
 
 
 # -- the command ---------------------------------------------------------------
