@@ -35,9 +35,9 @@ import cv2
 import numpy as np
 
 from ..core.contract import place
-from ..core.errors import DatasetError, OutputError
+from ..core.errors import DatasetError
 from ..core.face_rect import LANDMARK_COUNT, TOP_POINT, synctalk_rect
-from .atomic import refuse_nonempty_output, remove_stale_temporaries, temporary_path
+from .atomic import folder_in_place, refuse_nonempty_output
 from .dataset import FEATURES_FILE, load_features
 from .prepare import PreparePlan, write_prepared
 from .videoio import H264Writer, probe_video
@@ -125,12 +125,7 @@ def write_import(plan: SyncTalkImport, models: dict, progress=None) -> int:
     frames, cutting the crops: 2 N in all). Returns the frame count."""
     import onnx
 
-    output = plan.output
-    remove_stale_temporaries(output.parent, f".{output.name}.*.tmp")
-    tmp = temporary_path(output)
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
+    with folder_in_place(plan.output, "the import") as tmp:
         video = tmp / "frames.mp4"
         with H264Writer(video, plan.width, plan.height, FPS, crf=FULL_CRF) as writer:
             for i, path in enumerate(plan.frames):
@@ -143,11 +138,11 @@ def write_import(plan: SyncTalkImport, models: dict, progress=None) -> int:
                 writer.write(frame)
                 if progress:
                     progress(i + 1)
-        info = probe_video(video)
-        placements = [place(r, plan.width, plan.height, clip=False, where=f"frame {i}") for i, r in enumerate(plan.rects)]
+        placements = [place(r, plan.width, plan.height, clip=False, where=f"frame {i}")
+                      for i, r in enumerate(plan.rects)]
         avatar = tmp / AVATAR_DIR
         count = len(plan.frames)
-        write_prepared(PreparePlan(info, placements, avatar),
+        write_prepared(PreparePlan(probe_video(video), placements, avatar),
                        (lambda done: progress(count + done)) if progress else None)
         video.unlink()
         shutil.copyfile(plan.dataset / FEATURES_FILE, avatar / FEATURES_FILE)
@@ -155,11 +150,4 @@ def write_import(plan: SyncTalkImport, models: dict, progress=None) -> int:
             shutil.copyfile(plan.dataset / VOICE_FILE, avatar / "audio.wav")
         for name, model in models.items():
             onnx.save(model, str(tmp / name))
-        if output.exists():
-            output.rmdir()  # empty, checked above
-        tmp.rename(output)
-    except OSError as exc:
-        raise OutputError(f"{output}: cannot write the import ({exc.strerror or exc})") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return len(plan.frames)
