@@ -91,7 +91,7 @@ def test_every_option_has_help_and_is_in_the_readme():
     block = _commands_block()
     lines = {}
     for line in block.splitlines():
-        m = re.match(r"python3 -m gpucomp (\w+)", line)
+        m = re.match(r"python3 -m gpucomp ([\w-]+)", line)  # command names may hold a hyphen
         if m:
             current = m.group(1)
             lines[current] = ""

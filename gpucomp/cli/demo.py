@@ -20,9 +20,10 @@ from . import render
 from .args import add_render_options, default_format, float_range, int_range
 
 # Bump when the generator changes what it writes, so stale caches are not reused.
-SYNTH_VERSION = 2  # 2: the demo avatar's aud_ave.npy is its own voice through the demo encoder
+SYNTH_VERSION = 3  # 2: the demo avatar's aud_ave.npy is its own voice through the demo encoder; 3: its new encoder
 MODEL_VERSION = 2
-TALKING_VERSION = 1
+ENCODER_VERSION = 3  # 3: feature 0 is the loudness of the window (audio_encoder.py)
+TALKING_VERSION = 2  # 2: the opening reads that loudness, no fit to a voice
 
 
 def _say(message: str, quiet: bool):
@@ -94,52 +95,11 @@ def echo_model_path(quiet: bool = True) -> Path:
     return _cached_model(f"echo-v{MODEL_VERSION}.onnx", build_echo_model, "building the echo model in {} ...", quiet)
 
 
-def talking_calibration(encoder: Path, *, seeds=(1, 2, 3, 4), seconds: float = 20.0,
-                        ridge: float = 100.0) -> tuple:
-    """(weights, bias) of the talking model's opening: a ridge regression from
-    feature rows k-2 .. k+2 (through `encoder`) to the syllable envelope of the
-    built-in synthetic voice at frame k, over a few seeds of it. Measured on
-    other seeds (tests/test_talking.py), the opening follows the loudness with
-    a correlation of about 0.95."""
-    import numpy as np
-
-    from ..io.synth import SAMPLE_RATE, synthetic_voice
-    from ..model.talking import SPAN
-    from ..speech.features import AudioEncoder, speech_features
-
-    session = AudioEncoder(encoder)
-    rows, targets = [], []
-    for seed in seeds:
-        audio, envelope = synthetic_voice(seconds, seed)
-        features = speech_features(audio, session)
-        rows.append(feature_context(features, SPAN))
-        per_frame = SAMPLE_RATE // 25
-        targets.append([envelope[k * per_frame : (k + 1) * per_frame].mean() if k * per_frame < len(envelope)
-                        else 0.0 for k in range(len(features))])
-    x = np.concatenate(rows).astype(np.float64)
-    x = np.concatenate([x, np.ones((len(x), 1))], axis=1)
-    y = np.concatenate(targets)
-    solution = np.linalg.solve(x.T @ x + ridge * np.eye(x.shape[1]), x.T @ y)
-    return solution[:-1].astype(np.float32), float(solution[-1])
-
-
-def feature_context(features, span: int):
-    """Rows k-span .. k+span of the features side by side, zeros outside (what
-    the talking model reads of its audio window for frame k)."""
-    import numpy as np
-
-    count = len(features)
-    padded = np.concatenate([np.zeros((span, features.shape[1])), features, np.zeros((span, features.shape[1]))])
-    return np.concatenate([padded[span + o : span + o + count] for o in range(-span, span + 1)], axis=1)
-
-
 def demo_talking_model(quiet: bool = False) -> Path:
-    """Path of the cached talking model, calibrated on the demo audio encoder."""
+    """Path of the cached talking model (it reads the demo audio encoder's loudness feature)."""
     from ..model.talking import build_talking_model
 
-    encoder = demo_audio_encoder(quiet=quiet)
-    return _cached_model(f"talking-v{TALKING_VERSION}-ave-seed0-v{MODEL_VERSION}.onnx",
-                         lambda: build_talking_model(*talking_calibration(encoder)),
+    return _cached_model(f"talking-v{TALKING_VERSION}.onnx", build_talking_model,
                          "building the talking demo model in {} ...", quiet)
 
 
@@ -147,7 +107,7 @@ def demo_audio_encoder(seed: int = 0, quiet: bool = False) -> Path:
     """Path of the cached ave audio encoder (AUDIO.md) with seeded weights."""
     from ..model.audio_encoder import build_audio_encoder
 
-    return _cached_model(f"ave-seed{seed}-v{MODEL_VERSION}.onnx", lambda: build_audio_encoder(seed),
+    return _cached_model(f"ave-seed{seed}-v{ENCODER_VERSION}.onnx", lambda: build_audio_encoder(seed),
                          "building the audio encoder in {} ...", quiet)
 
 
@@ -179,7 +139,8 @@ def demo_speech(seconds: float = 8.0, seed: int = 0, quiet: bool = False) -> Pat
 @dataclass(frozen=True)
 class DemoAssets:
     """Paths of the built-in demo: an avatar folder (a synthetic dataset with its
-    own features), a lip-sync model, the audio encoder and a wav of speech."""
+    own features), a lip-sync model (the talking model, or UNet-328 with seeded
+    weights), the audio encoder and a wav of speech."""
 
     avatar: Path
     model: Path
@@ -187,11 +148,17 @@ class DemoAssets:
     speech: Path
 
 
-def demo_assets(*, frames: int = 100, width_mult: float = 1.0, speech_seconds: float = 8.0,
-                quiet: bool = True) -> DemoAssets:
-    """The demo assets, built once and cached (see `cache_dir`)."""
-    return DemoAssets(demo_dataset(frames, quiet=quiet), demo_model(width_mult, quiet=quiet),
-                      demo_audio_encoder(quiet=quiet), demo_speech(speech_seconds, quiet=quiet))
+def demo_assets(*, frames: int = 100, model_kind: str = "talking", width_mult: float = 1.0,
+                speech_seconds: float = 8.0, quiet: bool = True) -> DemoAssets:
+    """The demo assets, built once and cached (see `cache_dir`). `model_kind`:
+    "talking" (the face with a mouth that follows the speech) or "unet328"
+    (the real model's graph and cost with seeded weights, `width_mult` wide:
+    noise for a face)."""
+    if model_kind not in ("talking", "unet328"):
+        raise ValueError(f"model_kind must be 'talking' or 'unet328', got {model_kind!r}")
+    model = demo_talking_model(quiet=quiet) if model_kind == "talking" else demo_model(width_mult, quiet=quiet)
+    return DemoAssets(demo_dataset(frames, quiet=quiet), model, demo_audio_encoder(quiet=quiet),
+                      demo_speech(speech_seconds, quiet=quiet))
 
 
 # -- the command ---------------------------------------------------------------

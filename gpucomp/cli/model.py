@@ -22,7 +22,8 @@ def register(sub) -> None:
                    help="unet328: channel width multiplier (default 1.0; 0.25 is a fast model for tests)")
     p.add_argument("--seed", type=int_range(0, 2**31 - 1), default=0, help="unet328, ave: weight seed (default 0)")
     p.add_argument("--audio-encoder", type=Path, default=None,
-                   help="talking: the encoder whose features it reads (default: the built-in ave encoder)")
+                   help="talking: checks that this encoder's feature 0 is the loudness the talking model reads "
+                        "(true of every encoder `model --kind ave` writes, whatever its seed)")
 
 
 def run(args) -> int:
@@ -34,10 +35,11 @@ def run(args) -> int:
     if args.kind == "ave":
         model = build_audio_encoder(args.seed)
     elif args.kind == "talking":
-        from ..model.talking import build_talking_model
-        from .demo import demo_audio_encoder, talking_calibration
+        from ..model.talking import build_talking_model, check_loudness_feature
 
-        model = build_talking_model(*talking_calibration(args.audio_encoder or demo_audio_encoder(quiet=True)))
+        if args.audio_encoder is not None:
+            check_loudness_feature(args.audio_encoder)
+        model = build_talking_model()
     else:
         model = build_echo_model() if args.kind == "echo" else build_unet328(args.width_mult, args.seed)
     try:

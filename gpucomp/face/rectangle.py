@@ -1,15 +1,8 @@
-"""The face rectangle UNet-328 models are trained on, from 68 landmarks.
+"""SyncTalk_2D's face rectangle (gpucomp/core/face_rect.py: x1 from its landmark
+1, x2 from 31, y1 from 52, a square hanging from y1) from the 68 landmarks of
+the iBUG 300-W layout that dlib fits.
 
-SyncTalk_2D cuts the 328x328 crop, in training (datasetsss_328.py) and in
-inference (inference_328.py) alike, from its own 110-point landmarks `lms`
-(a PFLD model; the layout of its data_utils/mean_face.txt):
-
-    xmin = lms[1][0]; xmax = lms[31][0]; ymin = lms[52][1]
-    width = xmax - xmin; ymax = ymin + width
-    crop = frame[ymin:ymax, xmin:xmax]
-
-a square as wide as the face at the cheekbones, from two thirds down the nose
-to below the chin. Points 1 and 31 are on the face contour, which runs in 33
+Points 1 and 31 are on the face contour, which runs in 33
 points (0..32) along the same path as the 17 contour points (0..16) of the
 iBUG 300-W 68-point layout, one between each two of them: point 2k is 300-W
 point k, so point 1 is halfway between 300-W points 0 and 1, and point 31
@@ -27,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..core.face_rect import face_rect
+
 
 def synctalk_box(landmarks: np.ndarray) -> np.ndarray:
     """(xmin, ymin, width) of SyncTalk_2D's crop from 68 landmarks (iBUG 300-W order)."""
@@ -39,4 +34,4 @@ def synctalk_box(landmarks: np.ndarray) -> np.ndarray:
 def box_to_rect(box) -> list[int]:
     """[x1, y1, x2, y2] with exclusive ends (frame[y1:y2, x1:x2]) from integer (xmin, ymin, width)."""
     xmin, ymin, width = (int(v) for v in box)
-    return [xmin, ymin, xmin + width, ymin + width]
+    return list(face_rect(xmin, ymin, xmin + width))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..core.errors import OutputError
@@ -117,3 +118,24 @@ def refuse_nonempty_output(output: Path, *, force_option: str | None = None) -> 
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         how = f"; choose a new one, or give {force_option} to write over it" if force_option else "; choose a new one"
         raise OutputError(f"{output}: exists and is not an empty directory{how}")
+
+
+@contextmanager
+def folder_in_place(output: Path, what: str):
+    """Yields a hidden folder beside `output` (new or empty, checked before) to
+    fill; renamed to `output` when the block ends, removed if it fails. What a
+    killed run left behind is removed first. OSError: an OutputError naming `what`."""
+    output = Path(output)
+    remove_stale_temporaries(output.parent, f".{output.name}.*.tmp")
+    tmp = temporary_path(output)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        yield tmp
+        if output.exists():
+            output.rmdir()  # empty, checked before
+        tmp.rename(output)
+    except OSError as exc:
+        raise OutputError(f"{output}: cannot write {what} ({exc.strerror or exc})") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -26,8 +26,8 @@ import numpy as np
 
 from ..core.contract import CROP_SIZE, place
 from .dataset import CROPS_VIDEO, FULL_VIDEO, RECT_FILES, load_rectangles
-from ..core.errors import DatasetError, OutputError
-from .atomic import refuse_nonempty_output, remove_stale_temporaries, temporary_path
+from ..core.errors import DatasetError
+from .atomic import folder_in_place, refuse_nonempty_output
 from .videoio import FrameReader, H264Writer, VideoInfo, probe_video, with_decoded_count
 
 CROPS_CRF = 10  # the crops are the model's input: keep them close to lossless
@@ -97,12 +97,8 @@ def prepare_dataset(video: Path, rects_path: Path, output: Path, progress=None) 
 def write_prepared(plan: PreparePlan, progress=None) -> int:
     """Write a checked `prepare` (a hidden folder renamed into place when complete)."""
     info, placements, output = plan.info, plan.placements, plan.output
-    tmp = temporary_path(output)
-    # A prepare killed before it finished left its folder (a copy of the video in it).
-    remove_stale_temporaries(output.parent, f".{output.name}.*.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
+    # A prepare killed before it finished left its folder (a copy of the video in it): removed first.
+    with folder_in_place(output, "the dataset") as tmp:
         shutil.copyfile(info.path, tmp / FULL_VIDEO)
         with FrameReader(info) as reader, \
                 H264Writer(tmp / CROPS_VIDEO, CROP_SIZE, CROP_SIZE, info.fps, crf=CROPS_CRF) as crops:
@@ -112,11 +108,4 @@ def write_prepared(plan: PreparePlan, progress=None) -> int:
                     progress(i + 1)
         rects = {str(i): {"rect": [p.x1, p.y1, p.x2, p.y2]} for i, p in enumerate(placements)}
         (tmp / RECT_FILES[0]).write_text(json.dumps(rects, indent=1))
-        if output.exists():
-            output.rmdir()  # empty, checked above
-        tmp.rename(output)
-    except OSError as exc:
-        raise OutputError(f"{output}: cannot write the dataset ({exc.strerror or exc})") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return len(placements)

@@ -3,10 +3,18 @@ shows the reference face with a mouth that opens with the speech.
 
     visual [B,6,320,320]: channels 0-2, the reference face (the roi of the crop)
     audio  [B,32,16,16] = feature rows k-8 .. k+7 of output frame k
-      -> opening o = clip(w . rows k-2 .. k+2 + b, 0, 1)        (w, b: `calibration`)
+      -> loudness L = feature 0 of row k+1 (the built-in ave encoder's loudness
+         of the speech that starts with frame k: audio_encoder.py)
+      -> opening o = clip((20 log10 L - LOW_DB) / (HIGH_DB - LOW_DB), 0, 1)
       -> the face's own mouth covered with the skin around it, a mouth of height
          o drawn where the synthetic avatar has its mouth (demo faces: synth.py)
     output [B,3,320,320] in [0, 1]
+
+The opening reads loudness, which every voice has, through a fixed rule: the
+mouth opens over 40 dB, closed at -60 dB and fully open at -20 dB of a band at
+the reference level. Nothing in it is fitted to a voice. Row k+1 because the
+features repeat their first row: row j is encoder window j-1, whose first mel
+frames are frame k's 40 ms of speech when j = k+1.
 
 Everything outside the mouth is the reference face itself, so the composite
 shows no seam at the rectangle's edge. It is a few elementwise operations per
@@ -16,11 +24,15 @@ real avatars; this one exists so a first render visibly speaks.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..core.contract import AUDIO_LEAD, AUDIO_SHAPE, FEATURE_DIM, PRED_SHAPE, ROI_OFFSET, ROI_SIZE, VISUAL_SHAPE
+from ..core.errors import ModelError
+from .audio_encoder import LOUDNESS_FEATURE
 from .unet328 import OPSET
 
 CROP = ROI_SIZE + 2 * ROI_OFFSET
@@ -37,7 +49,8 @@ LIPS = np.array([70, 80, 160], np.float32) / 255
 # The face's own mouth is covered out to here, and the skin that covers it is
 # the mean of the ring just outside.
 COVER_RX, COVER_RY = MOUTH_RX + 8, MOUTH_RY_CLOSED + MOUTH_RY_OPEN + 8
-SPAN = 2  # feature rows either side of row k the opening reads
+LOUDNESS_ROW = AUDIO_LEAD + 1  # row k+1 of the window rows k-8 .. k+7
+LOW_DB, HIGH_DB = -60.0, -20.0  # closed at or below, fully open at or above
 
 
 def _grid() -> tuple[np.ndarray, np.ndarray]:
@@ -45,24 +58,23 @@ def _grid() -> tuple[np.ndarray, np.ndarray]:
     return x - MOUTH_X, y - MOUTH_Y
 
 
-def build_talking_model(weights: np.ndarray, bias: float) -> onnx.ModelProto:
-    """`weights` ((2*SPAN+1) * 512,) and `bias`: the linear map from feature rows
-    k-2 .. k+2 to the mouth's opening (see gpucomp.cli.demo.talking_calibration)."""
-    weights = np.asarray(weights, np.float32).reshape(-1, 1)
-    if weights.shape[0] != (2 * SPAN + 1) * FEATURE_DIM:
-        raise ValueError(f"expected {(2 * SPAN + 1) * FEATURE_DIM} weights, got {weights.shape[0]}")
+def build_talking_model() -> onnx.ModelProto:
+    """The talking model for the built-in ave encoder's features."""
     dx, dy = _grid()
     cover = (dx / COVER_RX) ** 2 + (dy / COVER_RY) ** 2
     cover_mask = np.clip((1 - cover) * 4, 0, 1)[None, None]             # soft over a few pixels
     ring = ((cover > 1.15) & (cover < 1.7)).astype(np.float32)[None, None]
     consts = {
-        "rows_start": np.array([AUDIO_LEAD - SPAN], np.int64), "rows_end": np.array([AUDIO_LEAD + SPAN + 1], np.int64),
-        "axis1": np.array([1], np.int64), "c_start": np.array([0], np.int64), "c_end": np.array([3], np.int64),
+        "loudness_start": np.array([LOUDNESS_ROW, LOUDNESS_FEATURE], np.int64),
+        "loudness_end": np.array([LOUDNESS_ROW + 1, LOUDNESS_FEATURE + 1], np.int64),
+        "axes12": np.array([1, 2], np.int64), "c_start": np.array([0], np.int64), "c_end": np.array([3], np.int64),
+        "axis1": np.array([1], np.int64),
         "window_shape": np.array([-1, AUDIO_SHAPE[0] * AUDIO_SHAPE[1] * AUDIO_SHAPE[2] // FEATURE_DIM, FEATURE_DIM],
                                  np.int64),
-        "flat_shape": np.array([-1, (2 * SPAN + 1) * FEATURE_DIM], np.int64),
         "column_shape": np.array([-1, 1, 1, 1], np.int64),
-        "w": weights, "b": np.array([bias], np.float32), "zero": np.array(0, np.float32),
+        "tiny": np.array(1e-12, np.float32), "db_per_ln": np.array(20 / np.log(10), np.float32),
+        "low_db": np.array(LOW_DB, np.float32), "db_span": np.array(HIGH_DB - LOW_DB, np.float32),
+        "zero": np.array(0, np.float32),
         "one": np.array(1, np.float32),
         "ry_closed": np.array(MOUTH_RY_CLOSED, np.float32), "ry_open": np.array(MOUTH_RY_OPEN, np.float32),
         "dx2_lips": ((dx / (MOUTH_RX + LIP_WIDTH)) ** 2)[None, None], "dx2": ((dx / MOUTH_RX) ** 2)[None, None],
@@ -74,13 +86,15 @@ def build_talking_model(weights: np.ndarray, bias: float) -> onnx.ModelProto:
     }
     n = helper.make_node
     nodes = [
-        # The opening: feature rows k-2 .. k+2 of the window, a linear map, clipped to [0, 1].
+        # The opening: the loudness of row k+1 in dB, mapped from [LOW_DB, HIGH_DB] to [0, 1].
         n("Reshape", ["audio", "window_shape"], ["window"]),
-        n("Slice", ["window", "rows_start", "rows_end", "axis1"], ["rows"]),
-        n("Reshape", ["rows", "flat_shape"], ["flat"]),
-        n("MatMul", ["flat", "w"], ["linear"]),
-        n("Add", ["linear", "b"], ["biased"]),
-        n("Clip", ["biased", "zero", "one"], ["opening"]),
+        n("Slice", ["window", "loudness_start", "loudness_end", "axes12"], ["loudness"]),
+        n("Max", ["loudness", "tiny"], ["positive"]),
+        n("Log", ["positive"], ["ln"]),
+        n("Mul", ["ln", "db_per_ln"], ["db"]),
+        n("Sub", ["db", "low_db"], ["above"]),
+        n("Div", ["above", "db_span"], ["scaled"]),
+        n("Clip", ["scaled", "zero", "one"], ["opening"]),
         n("Reshape", ["opening", "column_shape"], ["o"]),
         # The reference face, its own mouth covered with the mean skin of the ring around it.
         n("Slice", ["input", "c_start", "c_end", "axis1"], ["face"]),
@@ -126,3 +140,23 @@ def build_talking_model(weights: np.ndarray, bias: float) -> onnx.ModelProto:
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
+
+
+def check_loudness_feature(encoder: Path) -> None:
+    """A ModelError unless the audio encoder's feature 0 is the loudness the
+    talking model reads (every seeded `ave` encoder's; a trained one's is not)."""
+    from .audio_encoder import calibration_window, loudness
+    from .session import load_session, one_line
+
+    session = load_session(Path(encoder), ["CPUExecutionProvider"])
+    windows = calibration_window(np.random.default_rng(0))[0].reshape(80, -1, 16).transpose(1, 0, 2)[:, None]
+    windows = np.ascontiguousarray(windows)
+    try:
+        (features,) = session.run(None, {session.get_inputs()[0].name: windows})
+        got = np.asarray(features).reshape(len(windows), -1)[:, LOUDNESS_FEATURE]
+    except Exception as exc:  # not an encoder of mel windows [B, 1, 80, 16]
+        raise ModelError(f"{encoder}: not an audio encoder of mel windows [B,1,80,16] ({one_line(exc)})") from None
+    expected = loudness(windows)
+    if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-3, atol=1e-6):
+        raise ModelError(f"{encoder}: its feature {LOUDNESS_FEATURE} is not the loudness the talking model reads; "
+                         f"the talking model goes with the built-in ave encoder (`model --kind ave`, any seed)")
