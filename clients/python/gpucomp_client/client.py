@@ -39,6 +39,10 @@ class Frame:
     image: bytes
     audio: bytes
     received: float  # time.monotonic() on arrival
+    # Utterances this client ended that are over with this frame (set by the
+    # iterator): their last frame, or none at all (too short), or, when frames
+    # were dropped unread, the first frame after theirs that is not one of theirs.
+    ended: tuple = ()
 
     @property
     def number(self) -> int:
@@ -94,6 +98,9 @@ class LiveClient:
         self.utterance: int | None = None   # the utterance being sent, if one is open
         self.last_utterance: int | None = None
         self._rows: dict[int, int] = {}     # utterance -> its frame count, from the server's notices
+        self._ending: list[int] = []        # ended here, not yet over in the frames handed out
+        self._shown: set[int] = set()       # of those, the ones a frame of which has been handed out
+        self._dropped_before = 0
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task | None = None
@@ -195,12 +202,15 @@ class LiveClient:
     async def end(self):
         """The open utterance is complete: its last frames can be rendered."""
         if self.utterance is not None:
+            self._ending.append(self.utterance)
             self.utterance = None
             await self.send({"type": "end"})
 
     async def flush(self):
         """Barge-in: the server drops the speech not yet shown and returns to idle."""
         self.utterance = None
+        self._ending.clear()
+        self._shown.clear()
         await self.send({"type": "flush"})
 
     async def speak(self, pcm: np.ndarray, *, chunk_samples: int = 320, realtime: bool = True, end: bool = True):
@@ -229,7 +239,9 @@ class LiveClient:
         """Frames in order as they arrive; ends after close(), raises LiveError when the server ends the session."""
         while True:
             if self._buffer:
-                yield self._buffer.popleft()
+                frame = self._buffer.popleft()
+                frame.ended = self._over(frame)
+                yield frame
                 continue
             if self._reader is None or self._reader.done():
                 if self._closing:
@@ -237,6 +249,25 @@ class LiveClient:
                 raise LiveError(self.error or f"the connection closed ({self.close_code})")
             self._arrived.clear()
             await self._arrived.wait()
+
+    def _over(self, frame: Frame) -> tuple:
+        """The ended utterances that are over with this frame (see Frame.ended)."""
+        dropped, self._dropped_before = self.dropped > self._dropped_before, self.dropped
+        if frame.utterance in self._ending:
+            self._shown.add(frame.utterance)
+        over = []
+        for u in list(self._ending):
+            rows = self._rows.get(u)
+            if rows is None:
+                break  # notices come in order: the later ones are not known either
+            last = frame.utterance == u and frame.row >= rows - 1
+            later = frame.utterance is not None and frame.utterance > u
+            lost = dropped and u in self._shown and frame.utterance != u
+            if rows == 0 or last or later or lost:
+                self._ending.remove(u)
+                self._shown.discard(u)
+                over.append(u)
+        return tuple(over)
 
     async def wait_for(self, done, timeout: float = 60.0):
         """Until done(self) is true (checked as messages arrive), or a TimeoutError."""

@@ -54,7 +54,6 @@ class GpucompVideoGenerator(VideoGenerator):
                                  buffer_seconds=buffer_seconds)
         self._resampler = SpeechResampler()
         self._flushed = -1          # frames of utterances up to this number go out silent
-        self._segments: list[int] = []  # ended utterances whose AudioSegmentEnd is still to come
         self._empty_segments = 0    # segments that ended with no speech at all
         self.meter: AvatarMeter | None = None
 
@@ -86,7 +85,6 @@ class GpucompVideoGenerator(VideoGenerator):
                 await self.client.send_audio(tail)
             await self.client.end()
             self.meter.speech_end(utterance)
-            self._segments.append(utterance)
             return
         samples = self._resampler.push(frame.data, frame.sample_rate, frame.num_channels)
         utterance = await self.client.send_audio(samples)
@@ -95,7 +93,8 @@ class GpucompVideoGenerator(VideoGenerator):
     async def clear_buffer(self) -> None:
         if self.client.last_utterance is not None:
             self._flushed = self.client.last_utterance
-            self._segments.clear()  # the runner reports the interrupted playback itself
+            # The client forgets the flushed utterances' ends: the runner reports
+            # the interrupted playback itself.
             self._resampler.reset()
             await self.client.flush()
 
@@ -116,20 +115,8 @@ class GpucompVideoGenerator(VideoGenerator):
             yield rtc.VideoFrame(width, height, rtc.VideoBufferType.RGB24, rgb)
             if audio:
                 yield rtc.AudioFrame(audio, SAMPLE_RATE, 1, len(audio) // 2)
-            for utterance in self._ended_with(received):
+            for _ in received.ended:
                 yield AudioSegmentEnd()
-
-    def _ended_with(self, received) -> list[int]:
-        """The ended utterances whose last frame this was (or that had no frames: too short)."""
-        done = []
-        for utterance in list(self._segments):
-            rows = self.client.utterance_frames(utterance)
-            later = received.utterance is not None and received.utterance > utterance
-            if rows is not None and (rows == 0 or later or (received.utterance == utterance and received.row >= rows - 1)):
-                self._segments.remove(utterance)
-                done.append(utterance)
-        return done
-
 
 class GpucompAvatarSession(AvatarSession):
     """The avatar inside the agent's process: the agent's speech goes to a

@@ -74,6 +74,7 @@ class GpucompVideoService(AIService):
         self._frames_task: asyncio.Task | None = None
         self._resampler = SpeechResampler()
         self._flushed = -1  # frames of utterances up to this number go out silent
+        self._over_through = -1  # the last utterance whose frames have all been pushed
         self.meter: AvatarMeter | None = None
 
     @property
@@ -136,14 +137,9 @@ class GpucompVideoService(AIService):
                 logger.info(f"{self}: {self.meter.summary()}, dropped {client.dropped}")
 
     def _said_everything(self) -> bool:
-        """Every frame of the last utterance sent has been pushed (or it was flushed)."""
+        """Every utterance sent is over in the frames pushed, or was flushed."""
         last = self._client.last_utterance
-        if last is None or last <= self._flushed:
-            return True
-        rows = self._client.utterance_frames(last)
-        if rows is None:
-            return False
-        return rows == 0 or any(t.utterance == last and t.row == rows - 1 for t in reversed(self.meter.timings))
+        return last is None or last <= max(self._flushed, self._over_through)
 
     # -- frames in --------------------------------------------------------------------
 
@@ -202,5 +198,7 @@ class GpucompVideoService(AIService):
                 sound.metadata.update(metadata)
                 await self.push_frame(image)
                 await self.push_frame(sound)
+                if received.ended:
+                    self._over_through = received.ended[-1]
         except LiveError as exc:
             await self.push_error(f"gpucomp: the session ended ({exc})", exception=exc, **_UNUSABLE)

@@ -114,3 +114,23 @@ def test_utterances_are_numbered_as_the_server_numbers_them(live_url, avatar):
 
     numbers, notified = run(three())
     assert numbers == [0, 1, 2] and notified == [0, 2]  # utterance 1 was flushed before its end
+
+
+def test_the_end_of_an_utterance_is_reported_even_when_its_last_frames_are_dropped(live_url, avatar):
+    async def slow():
+        client = LiveClient(live_url, avatar["name"], keep_frames=False, buffer_frames=2)
+        await client.open()
+        await client.speak(speech(1.0, seed=4), chunk_samples=16000, realtime=False)
+        seen = []
+        try:
+            async for frame in client:  # a reader at 5 frames a second, of 25
+                seen.append(frame)
+                if frame.ended:
+                    return seen, client.dropped
+                await asyncio.sleep(0.2)
+        finally:
+            await client.close()
+
+    seen, dropped = run(slow())
+    assert seen[-1].ended == (0,) and dropped > 0
+    assert all(not f.ended for f in seen[:-1])
