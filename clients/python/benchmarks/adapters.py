@@ -52,6 +52,7 @@ def figures(meter: AvatarMeter, dropped: int) -> dict:
     offsets = [t.offset for t in speech_timings]
     return {"frames": meter.frames, "speech_frames": len(speech_timings), "dropped": dropped,
             "latency": quantiles([t.latency for t in speech_timings]),
+            "held_in_adapter": quantiles([t.held for t in speech_timings]),
             "offset_ms": {"min": round(min(offsets) * 1000, 4), "max": round(max(offsets) * 1000, 4)}
             if offsets else {}}
 
@@ -66,11 +67,8 @@ async def through_pipecat(url: str, avatar: str, voices: list[np.ndarray], rate:
 
     service = GpucompVideoService(url=url, avatar=avatar)
     tts = FakeTTS({f"turn {i}": pcm for i, pcm in enumerate(voices)}, rate)
-    last = len(voices) - 1
-
-    def done(_frames) -> bool:  # the last turn's last frame has gone out
-        rows = service.client.utterance_frames(last)
-        return rows is not None and any(t.utterance == last and t.row == rows - 1 for t in service.meter.timings)
+    def done(_frames) -> bool:  # the last turn has been sent and said
+        return service.client.last_utterance == len(voices) - 1 and service.said_everything()
 
     sends = []
     for i in range(len(voices)):
@@ -93,8 +91,8 @@ async def through_livekit(url: str, avatar: str, voices: list[np.ndarray], rate:
 async def through_client(url: str, avatar: str, voices: list[np.ndarray]) -> dict:
     """The protocol client alone: speech sent at 16 kHz in real time, frames as they arrive."""
     async with LiveClient(url, avatar, keep_frames=False, buffer_seconds=1.0) as client:
-        meter = AvatarMeter(client.fps)
-        reader = asyncio.create_task(_read(client, meter))
+        meter, over = AvatarMeter(client.fps), set()
+        reader = asyncio.create_task(_read(client, meter, over))
         for pcm in voices:
             start = time.monotonic()
             for lo in range(0, len(pcm), 320):
@@ -103,18 +101,17 @@ async def through_client(url: str, avatar: str, voices: list[np.ndarray]) -> dic
                 meter.speech_in(utterance, len(pcm[lo : lo + 320]) / 16000)
             await client.end()
             meter.speech_end(utterance)
-            while not (client.utterance_frames(utterance) is not None and
-                       any(t.utterance == utterance and t.row == client.utterance_frames(utterance) - 1
-                           for t in meter.timings)):
+            while utterance not in over:
                 await asyncio.sleep(0.02)
             await asyncio.sleep(1.0)
         reader.cancel()
         return figures(meter, client.dropped)
 
 
-async def _read(client: LiveClient, meter: AvatarMeter):
+async def _read(client: LiveClient, meter: AvatarMeter, over: set):
     async for frame in client:
-        meter.pushed(frame.header, len(frame.audio) // 2, frame.received)
+        meter.pushed(frame.header, len(frame.audio) // 2, frame.received, frame.received)
+        over.update(frame.ended)
 
 
 def main(argv=None) -> int:

@@ -111,7 +111,7 @@ class GpucompVideoGenerator(VideoGenerator):
             audio = b"" if received.row is None else received.audio
             if received.utterance is not None and received.utterance <= self._flushed:
                 audio = bytes(len(audio))  # interrupted speech: its picture, no longer its sound
-            self.meter.pushed(received.header, len(audio) // 2)
+            self.meter.pushed(received.header, len(audio) // 2, received=received.received)
             yield rtc.VideoFrame(width, height, rtc.VideoBufferType.RGB24, rgb)
             if audio:
                 yield rtc.AudioFrame(audio, SAMPLE_RATE, 1, len(audio) // 2)

@@ -3,6 +3,8 @@
 latency: seconds from the speech a frame needed entering the adapter (the TTS
     audio that completed the frame's `needs` samples, docs/LIVE.md) to the frame
     leaving it; speech frames only.
+held: of the latency, the adapter's own share: from the frame's arrival from
+    the server to its leaving the adapter (waiting in the buffer, decoding).
 offset: seconds from the frame's picture to the start of its sound, as a
     player that plays the pushed pictures at the stream's frame rate and the
     pushed sound sample by sample would present them, counted from the first
@@ -32,6 +34,7 @@ class FrameTiming:
     row: int | None
     latency: float | None  # seconds, speech frames only
     offset: float          # seconds, 0.0 for idle frames
+    held: float | None = None  # seconds from the frame's arrival to its leaving the adapter (its own share)
 
 
 class _SpeechIn:
@@ -80,14 +83,17 @@ class AvatarMeter:
             return log.times[at]
         return log.ended_at
 
-    def pushed(self, header: dict, audio_samples: int, now: float | None = None) -> FrameTiming:
-        """A frame (its header, and how many samples of sound went with it) left the adapter."""
+    def pushed(self, header: dict, audio_samples: int, now: float | None = None,
+               received: float | None = None) -> FrameTiming:
+        """A frame (its header, how many samples of sound went with it, when it
+        arrived from the server) left the adapter."""
         now = time.monotonic() if now is None else now
+        held = None if received is None else now - received
         self.frames += 1
         utterance, row = header["utterance"], header["row"]
         if row is None:
             self._utterance = None
-            timing = FrameTiming(header["frame"], None, None, None, 0.0)
+            timing = FrameTiming(header["frame"], None, None, None, 0.0, held)
         else:
             if utterance != self._utterance:
                 self._utterance, self._video, self._audio = utterance, 0, 0
@@ -96,13 +102,15 @@ class AvatarMeter:
             self._audio += audio_samples
             needed = self._needed_at(utterance, header["needs"])
             self.speech_frames += 1
-            timing = FrameTiming(header["frame"], utterance, row, None if needed is None else now - needed, offset)
+            timing = FrameTiming(header["frame"], utterance, row, None if needed is None else now - needed, offset,
+                                 held)
         self.timings.append(timing)
         return timing
 
     def summary(self) -> dict:
         """Quantiles of the kept frames' latency and offset, in milliseconds."""
         latency = np.array([t.latency for t in self.timings if t.latency is not None])
+        held = np.array([t.held for t in self.timings if t.held is not None])
         offset = np.array([t.offset for t in self.timings if t.row is not None])
 
         def ms(values, q):
@@ -110,5 +118,6 @@ class AvatarMeter:
 
         return {"frames": self.frames, "speech_frames": self.speech_frames,
                 "latency_ms": {"p50": ms(latency, 0.5), "p95": ms(latency, 0.95), "max": ms(latency, 1.0)},
+                "held_ms": {"p50": ms(held, 0.5), "p95": ms(held, 0.95), "max": ms(held, 1.0)},
                 "offset_ms": {"min": ms(offset, 0.0), "max": ms(offset, 1.0),
                               "max_abs": round(float(np.abs(offset).max()) * 1000, 3) if len(offset) else None}}

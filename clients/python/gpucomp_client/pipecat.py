@@ -113,7 +113,7 @@ class GpucompVideoService(AIService):
         if self._client is not None:
             await self._end_utterance()
             deadline = time.monotonic() + END_TIMEOUT
-            while not self._said_everything() and time.monotonic() < deadline and not self._frames_task.done():
+            while not self.said_everything() and time.monotonic() < deadline and not self._frames_task.done():
                 await asyncio.sleep(0.02)
         await self._close()
 
@@ -136,8 +136,8 @@ class GpucompVideoService(AIService):
             if self.meter is not None and self.meter.frames:
                 logger.info(f"{self}: {self.meter.summary()}, dropped {client.dropped}")
 
-    def _said_everything(self) -> bool:
-        """Every utterance sent is over in the frames pushed, or was flushed."""
+    def said_everything(self) -> bool:
+        """Every utterance sent is over in the frames pushed (or was flushed)."""
         last = self._client.last_utterance
         return last is None or last <= max(self._flushed, self._over_through)
 
@@ -189,8 +189,9 @@ class GpucompVideoService(AIService):
                 audio = received.audio
                 if received.utterance is not None and received.utterance <= self._flushed:
                     audio = bytes(len(audio))  # interrupted speech: its picture, no longer its sound
-                timing = self.meter.pushed(received.header, len(audio) // 2)
-                metadata = {"gpucomp": {**received.header, "latency": timing.latency, "offset": timing.offset}}
+                timing = self.meter.pushed(received.header, len(audio) // 2, received=received.received)
+                metadata = {"gpucomp": {**received.header, "latency": timing.latency, "offset": timing.offset,
+                                        "held": timing.held}}
                 image = OutputImageRawFrame(image=rgb, size=(width, height), format="RGB")
                 image.sync_with_audio = self._sync_with_audio
                 image.metadata.update(metadata)
