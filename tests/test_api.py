@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import cv2
@@ -196,6 +197,19 @@ def test_mistakes_are_one_clear_error(small_dataset, small_avatar, tiny_model, t
         cases = [
             (lambda: engine.composite([gpucomp.FrameRequest(avatar, 10, window)]), "frame 10 is outside"),
             (lambda: engine.composite([gpucomp.FrameRequest(avatar, 0, window[:8])]), "must be a (16, 512) window"),
+            (lambda: engine.composite([gpucomp.FrameRequest(avatar, 2.7, window)]), "frame 2.7 is not an integer"),
+            (lambda: engine.composite([gpucomp.FrameRequest(avatar, True, window)]), "frame True is not an integer"),
+            (lambda: engine.avatar_frame(avatar, 2.7), "frame 2.7 is not an integer"),
+            (lambda: gpucomp.audio_window(window, 2.7), "output frame 2.7 is not an integer"),
+            (lambda: engine.composite([gpucomp.FrameRequest(avatar, 0, window + 1j)]), "must be real numbers"),
+            (lambda: engine.composite([gpucomp.FrameRequest(avatar, 0, np.where(np.eye(16, 512), np.nan, window))]),
+             "request 0: audio: row 0 holds NaN or infinity"),
+            (lambda: engine.composite([gpucomp.FrameRequest(avatar, 0, np.full((16, 512), 1e39))]),
+             "holds a value beyond float32's range"),
+            (lambda: engine.composite([gpucomp.FrameRequest(avatar, 0, window), gpucomp.FrameRequest(avatar, 0, -np.inf
+                                       * np.ones((16, 512)))]), "request 1: audio: row 0 holds NaN or infinity"),
+            (lambda: next(engine.frames(avatar, np.ones((4, 512), np.complex64))), "features must be real numbers"),
+            (lambda: next(engine.frames(avatar, np.full((4, 512), np.inf))), "features: row 0 holds NaN or infinity"),
             (lambda: other.composite([gpucomp.FrameRequest(avatar, 0, window)]), "not loaded in this engine"),
             (lambda: engine.load_avatar(avatar), "is already loaded"),
             (lambda: engine.features(np.zeros(16000, np.float32)), "needs an audio encoder"),
@@ -236,3 +250,176 @@ def test_the_readme_example_runs_as_written(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "out" / "api-demo.mp4").stat().st_size > 10_000
     assert "frames" in result.stdout
+
+
+# -- one call at a time (hostile round 4) -----------------------------------------------------------------------
+
+
+def pause_inside_the_backend(engine):
+    """Make the engine's next model call wait inside the backend until released:
+    (inside, release) events. Another thread can then act while a call runs,
+    at a moment both sides know, with no sleep that could lose a race."""
+    inside, release = threading.Event(), threading.Event()
+    submit = engine._backend.submit_frames
+
+    def paused(*args, **kwargs):
+        inside.set()
+        release.wait(120)
+        return submit(*args, **kwargs)
+
+    engine._backend.submit_frames = paused
+    return inside, release
+
+
+INTRUSIONS = {
+    "unload": lambda engine, avatar: engine.unload(avatar),
+    "close": lambda engine, avatar: engine.close(),
+    "composite": lambda engine, avatar: engine.composite([gpucomp.FrameRequest(avatar, 0, np.zeros((16, 512)))]),
+    "load_avatar": lambda engine, avatar: engine.load_avatar(avatar.path, frames=2),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("running", ["render", "composite", "frames"])
+def test_another_thread_is_refused_while_a_call_runs(small_dataset, tiny_model, tmp_path, backend, running):
+    """unload, close, composite and load_avatar from another thread while the
+    engine renders, composites or iterates: each one clear GpucompError, and
+    the running call's frames are those of a call nobody disturbed."""
+    with gpucomp.Engine(tiny_model, backend=backend, batch=4) as engine:
+        avatar = engine.load_avatar(small_dataset, frames=8)
+        undisturbed = list(engine.frames(avatar))
+        inside, release = pause_inside_the_backend(engine)
+        refusals: dict[str, str] = {}
+
+        def intruder():
+            try:
+                assert inside.wait(120)
+                for name, intrusion in INTRUSIONS.items():
+                    try:
+                        intrusion(engine, avatar)
+                        refusals[name] = "accepted"
+                    except gpucomp.GpucompError as exc:
+                        refusals[name] = str(exc)
+            finally:
+                release.set()
+
+        thread = threading.Thread(target=intruder, name="intruder")
+        thread.start()
+        if running == "render":
+            engine.render(avatar, tmp_path / "o")
+            got = [frames_in(tmp_path / "o")[f"frame_{k:05d}.png"] for k in range(8)]
+        elif running == "composite":
+            own = avatar.features
+            got = engine.composite([gpucomp.FrameRequest(avatar, f, gpucomp.audio_window(own, f)) for f in range(8)])
+        else:
+            got = list(engine.frames(avatar))
+        thread.join(120)
+        assert set(refusals) == set(INTRUSIONS), refusals
+        for name, message in refusals.items():
+            what = "a frames() iterator" if running == "frames" else f"engine.{running}"
+            assert f"engine.{name} refused: {what} is running in thread 'MainThread'" in message, message
+            assert "one call at a time" in message and "\n" not in message
+        assert avatar.resident and len(engine.avatars) == 1
+        assert len(got) == 8 and all(np.array_equal(a, b) for a, b in zip(got, undisturbed))
+        assert np.array_equal(engine.composite([gpucomp.FrameRequest(avatar, 5, gpucomp.audio_window(
+            avatar.features, 5))])[0], undisturbed[5])  # and the engine goes on serving
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_iterator_ends_with_its_avatar_or_its_engine(small_dataset, tiny_model, backend):
+    """unload (from this thread or another, between steps) or close while a
+    frames() iterator is unfinished: its next step is a clear GpucompError."""
+    with gpucomp.Engine(tiny_model, backend=backend, batch=4) as engine:
+        avatar = engine.load_avatar(small_dataset, frames=12)
+        same_thread = engine.frames(avatar)
+        next(same_thread)
+        engine.unload(avatar)
+        with pytest.raises(gpucomp.GpucompError, match="was unloaded .* before this frames.. iterator finished"):
+            next(same_thread)
+        avatar = engine.load_avatar(small_dataset, frames=12)
+        other_thread = engine.frames(avatar)
+        next(other_thread)
+        thread = threading.Thread(target=engine.unload, args=(avatar,))
+        thread.start()
+        thread.join(120)
+        assert not avatar.resident
+        with pytest.raises(gpucomp.GpucompError, match="was unloaded"):
+            next(other_thread)
+        avatar = engine.load_avatar(small_dataset, frames=12)
+        at_close = engine.frames(avatar)
+        next(at_close)
+    with pytest.raises(gpucomp.GpucompError, match="the engine is closed"):
+        next(at_close)
+    at_close.close()  # closing an ended iterator does nothing
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_other_calls_between_an_iterators_steps(small_dataset, tiny_model, tmp_path, backend):
+    """A render, a composite and another iterator between the steps of an
+    unfinished iterator (one batch of it in flight): all of them correct, and
+    iterators dropped unfinished give back what they held."""
+    import gc
+
+    with gpucomp.Engine(tiny_model, backend=backend, batch=4) as engine:
+        avatar = engine.load_avatar(small_dataset, frames=12)
+        whole = list(engine.frames(avatar))
+        idle = engine.memory_used
+        iterator = engine.frames(avatar)
+        got = [next(iterator)]
+        engine.render(avatar, tmp_path / "between")
+        rendered = frames_in(tmp_path / "between")
+        assert all(np.array_equal(rendered[f"frame_{k:05d}.png"], whole[k]) for k in range(12))
+        got.append(next(iterator))
+        assert np.array_equal(engine.composite([gpucomp.FrameRequest(avatar, 7, gpucomp.audio_window(
+            avatar.features, 7))])[0], whole[7])
+        other = engine.frames(avatar)  # two iterators, stepped in turn
+        second = []
+        while len(got) < 12:
+            got.append(next(iterator))
+            second.append(next(other))
+        second += list(other)
+        assert len(got) == len(second) == 12
+        assert all(np.array_equal(a, b) for a, b in zip(got, whole))
+        assert all(np.array_equal(a, b) for a, b in zip(second, whole))
+        for _ in range(4):  # more than the engine has output slots: each dropped after its first frame
+            dropped = engine.frames(avatar)
+            next(dropped)
+            del dropped
+            gc.collect()
+        assert [np.array_equal(a, b) for a, b in zip(engine.frames(avatar), whole)] == [True] * 12
+        assert engine.memory_used == idle
+
+
+def test_a_closed_engine_refuses_before_it_reads_or_writes_anything(small_dataset, tiny_model, tmp_path, monkeypatch):
+    engine = gpucomp.Engine(tiny_model, backend="cpu")
+    avatar = gpucomp.Avatar.open(small_dataset, frames=4)
+    engine.close()
+    engine.close()  # twice is fine
+    opened, real_open = [], gpucomp.Avatar.open.__func__
+
+    def open_and_count(cls, *args, **kwargs):
+        opened.append(args)
+        return real_open(cls, *args, **kwargs)
+
+    monkeypatch.setattr(gpucomp.Avatar, "open", classmethod(open_and_count))
+    for call, name in [(lambda: engine.load_avatar(small_dataset), "load_avatar"),
+                       (lambda: engine.render(avatar, tmp_path / "out"), "render"),
+                       (lambda: engine.render(avatar, tmp_path / "out.mp4", format="mp4"), "render"),
+                       (lambda: engine.frames(avatar), "frames"),
+                       (lambda: engine.features(np.zeros(16000, np.float32)), "features")]:
+        with pytest.raises(gpucomp.GpucompError, match=f"engine.{name} refused: the engine is closed"):
+            call()
+    assert not opened and not list(tmp_path.iterdir())
+
+
+def test_the_same_frames_of_a_folder_are_held_once(small_dataset, tiny_model, tmp_path):
+    with gpucomp.Engine(tiny_model, backend="cpu") as engine:
+        first = engine.load_avatar(small_dataset)
+        used = engine.memory_used
+        link = tmp_path / "link"
+        link.symlink_to(small_dataset)
+        assert engine.load_avatar(small_dataset) is first and engine.load_avatar(link) is first
+        assert engine.load_avatar(small_dataset, start=0, frames=24) is first
+        assert engine.memory_used == used and len(engine.avatars) == 1
+        part = engine.load_avatar(small_dataset, frames=4)  # other frames: an avatar of its own
+        assert part is not first and len(engine.avatars) == 2

@@ -8,14 +8,15 @@
         frames = engine.composite([gpucomp.FrameRequest(avatar, 7, window), ...])
 
 An `Engine` owns one backend: the model session, the kernels, and the frame
-caches of every avatar loaded into it, under one memory budget. It is used
-from one thread at a time.
+caches of every avatar loaded into it, under one memory budget. It serves one
+call at a time: a call made while another runs (from another thread) is
+refused with a GpucompError (exclusive.py), and a call after `close()` too.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -25,10 +26,12 @@ import numpy as np
 from ..core.contract import AUDIO_SHAPE, AUDIO_WINDOW, FEATURE_DIM, audio_window_rows
 from ..core.errors import DatasetError, GpucompError
 from ..core.telemetry import StageStats, decode_progress
-from ..io.dataset import Dataset, load_features
+from ..io.dataset import Dataset, load_features, rows_problem
 from ..speech.schedule import KINDS as SCHEDULE_KINDS, Schedule
 from .backends import RenderSettings, create, resolve
 from .backends.base import FrameCache, FrameRef, batch_sizes
+from .exclusive import OneCall
+from .frame_iterator import FrameIterator, FrameStream, take
 from .job import Job
 from .pipeline import RenderResult
 
@@ -38,9 +41,11 @@ CUDNN_ALGOS = ("exhaustive", "heuristic", "default")
 def audio_window(features: np.ndarray, k: int) -> np.ndarray:
     """The model's audio input for output frame k: feature rows k-8 .. k+7 as a
     (16, 512) float32 array, zeros where a row does not exist (PIPELINE.md, step 4)."""
-    features = np.asarray(features)
+    features = _array(features, "features")
     if features.ndim != 2 or features.shape[1] != FEATURE_DIM:
-        raise ValueError(f"features must have shape (M, {FEATURE_DIM}), got {features.shape}")
+        raise GpucompError(f"features must have shape (M, {FEATURE_DIM}), got {features.shape}")
+    if not _is_integer(k):
+        raise GpucompError(f"output frame {k!r} is not an integer")
     window = np.zeros((AUDIO_WINDOW, FEATURE_DIM), np.float32)
     lo, hi, at = audio_window_rows(int(k), features.shape[0])
     window[at : at + (hi - lo)] = features[lo:hi]
@@ -172,6 +177,9 @@ class Engine:
         if cudnn_algo.lower() not in CUDNN_ALGOS:
             raise GpucompError(f"cudnn_algo must be one of {', '.join(CUDNN_ALGOS)}, got {cudnn_algo!r}")
         name, self.notice = resolve(backend)
+        self._call_guard = OneCall()
+        self._streams: set[FrameStream] = set()  # unfinished frames() iterators
+        self._closed = False
         self.model_path = Path(model)
         self.settings = RenderSettings(batch=batch, workers=workers, feather=feather, cudnn_algo=cudnn_algo.upper(),
                                        cuda_graph=cuda_graph, tf32=tf32, cache_budget=cache_budget, threads=threads)
@@ -180,7 +188,7 @@ class Engine:
         self.encoder = None
         try:
             if audio_encoder is not None:
-                self.use_audio_encoder(audio_encoder)
+                self._use_audio_encoder(audio_encoder)
         except BaseException:
             self._backend.close()
             raise
@@ -189,6 +197,10 @@ class Engine:
     def use_audio_encoder(self, path):
         """Load the audio encoder that `features` and `render(speech=...)` use
         (replacing the one in use, unless it is the same file)."""
+        with self._call("engine.use_audio_encoder"):
+            self._use_audio_encoder(path)
+
+    def _use_audio_encoder(self, path):
         from ..speech.features import AudioEncoder, encoder_providers
 
         path = Path(path)
@@ -221,11 +233,19 @@ class Engine:
         cache its frames, or frames start .. start+frames-1 of it, in the
         engine's memory (VRAM on gpu, RAM on cpu). An avatar that does not fit
         the budget beside those already loaded is refused with the numbers,
-        and nothing loaded is disturbed."""
+        and nothing loaded is disturbed. The same frames of a folder already
+        loaded are not loaded twice: the Avatar already loaded is returned."""
+        with self._call("engine.load_avatar"):
+            return self._load_avatar(path, start=start, frames=frames, clip_rects=clip_rects, progress=progress)
+
+    def _load_avatar(self, path, *, start, frames, clip_rects, progress) -> Avatar:
         avatar = path if isinstance(path, Avatar) else Avatar.open(path, start=start, frames=frames,
                                                                    clip_rects=clip_rects)
         if avatar.resident:
             raise GpucompError(f"{avatar.path}: is already loaded")
+        for loaded in self.avatars:
+            if _same_frames(loaded, avatar):
+                return loaded
         self._backend.warm_up({self.settings.batch})  # what the model needs is taken before the cache is sized
         what = f"loading avatar {avatar.path} ({len(avatar)} frames of {avatar.width}x{avatar.height})"
         report, close = decode_progress(len(avatar), "load", progress)
@@ -238,21 +258,25 @@ class Engine:
         return avatar
 
     def unload(self, avatar: Avatar):
-        """Free what the avatar's cache holds; it may be loaded again later."""
-        if avatar.engine is not self or avatar.cache is None:
-            raise GpucompError(f"{avatar.path}: is not loaded in this engine")
-        self._backend.unload(avatar.cache)
-        avatar.cache, avatar.engine = None, None
-        self.avatars.remove(avatar)
+        """Free what the avatar's cache holds; it may be loaded again later. An
+        unfinished frames() iterator of it ends (its next step raises)."""
+        with self._call("engine.unload"):
+            if not isinstance(avatar, Avatar) or avatar.engine is not self or avatar.cache is None:
+                raise GpucompError(f"{getattr(avatar, 'path', avatar)}: is not loaded in this engine")
+            for stream in [s for s in self._streams if s.cache is avatar.cache]:
+                self._end_stream(stream, f"{avatar.path}: was unloaded (engine.unload) before this frames() "
+                                         f"iterator finished")
+            self._backend.unload(avatar.cache)
+            avatar.cache, avatar.engine = None, None
+            self.avatars.remove(avatar)
 
     def avatar_frame(self, avatar: Avatar, frame: int) -> np.ndarray:
         """The resident avatar's own frame `frame` (H, W, 3 uint8 BGR), as cached:
         what a stream shows while the avatar is silent."""
-        if avatar.engine is not self or avatar.cache is None:
-            raise GpucompError(f"{avatar.path}: is not loaded in this engine")
-        if not 0 <= int(frame) < len(avatar):
-            raise GpucompError(f"frame {frame} is outside the avatar's frames 0..{len(avatar) - 1}")
-        return self._backend.cached_frame(avatar.cache, int(frame))
+        with self._call("engine.avatar_frame"):
+            if not isinstance(avatar, Avatar) or avatar.engine is not self or avatar.cache is None:
+                raise GpucompError(f"{getattr(avatar, 'path', avatar)}: is not loaded in this engine")
+            return self._backend.cached_frame(avatar.cache, _frame_number(frame, avatar))
 
     # -- speech --------------------------------------------------------------------
 
@@ -262,7 +286,8 @@ class Engine:
         or an .npy of samples, or a 1-D float array) at `fps` video frames per
         second: what `python -m gpucomp features` computes. `rate`: the sample
         rate of an array or .npy (default 16 kHz); other rates are resampled."""
-        return self._speech_features(speech, rate=rate, smooth=smooth, fps=fps, progress=progress)[0]
+        with self._call("engine.features"):
+            return self._speech_features(speech, rate=rate, smooth=smooth, fps=fps, progress=progress)[0]
 
     def _speech_features(self, speech, *, rate, smooth, fps, progress):
         """(features, FeatureTimes, seconds of speech, provider)."""
@@ -322,56 +347,47 @@ class Engine:
         return Job(self._backend, cache, plan, features, stats, owns_cache=True, feather=feather)
 
     def frames(self, avatar: Avatar, features=None, *, schedule: str = "pingpong",
-               feather: int | None = None) -> Iterator[np.ndarray]:
+               feather: int | None = None) -> FrameIterator:
         """The finished frames (H, W, 3 uint8 BGR) in order: the avatar with its
         own features (features=None), or saying `features` ((M, 512) array or
         .npy path: M frames, the avatar played as `schedule`). An avatar that
         is not resident is decoded for this iteration alone. `feather`: this
-        render's (default: the engine's)."""
-        job = self._start(avatar, *self._plan(avatar, features, schedule), StageStats(),
-                          feather=self._feather(feather, avatar))
-        batch, count = self.settings.batch, len(job)
-        waiting: deque = deque()
-        try:
-            for first in range(0, count, batch):
-                waiting.append(job.submit(range(first, min(first + batch, count))))
-                if len(waiting) > 1:  # one batch computes while the previous one is handed out
-                    yield from _take(waiting.popleft())
-            while waiting:
-                yield from _take(waiting.popleft())
-        finally:
-            for pending in waiting:  # stopped early: let queued work finish before the buffers go
-                pending.wait()
-                pending.release()
-            job.close()
+        render's (default: the engine's). Other calls may come between its
+        steps; unloading the avatar or closing the engine ends it
+        (frame_iterator.py). `.close()` stops it early."""
+        with self._call("engine.frames"):
+            job = self._start(avatar, *self._plan(avatar, features, schedule), StageStats(),
+                              feather=self._feather(feather, avatar))
+            stream = FrameStream(job, self.settings.batch)
+            self._streams.add(stream)
+            return FrameIterator(self, stream)
 
     def composite(self, requests: Sequence[FrameRequest]) -> list[np.ndarray]:
         """Frames of resident avatars, in order, each (H, W, 3) uint8 BGR: the
         batch primitive a live scheduler calls. Requests of different avatars
         and frame sizes share model calls and composite launches (up to
-        `batch` frames each); every frame equals that frame rendered alone."""
-        refs, windows = [], []
-        for k, request in enumerate(requests):
-            avatar = request.avatar
-            if not isinstance(avatar, Avatar) or avatar.engine is not self or avatar.cache is None:
-                raise GpucompError(f"request {k}: its avatar is not loaded in this engine (engine.load_avatar)")
-            if not 0 <= int(request.frame) < len(avatar):
-                raise GpucompError(f"request {k}: frame {request.frame} is outside the avatar's frames "
-                                   f"0..{len(avatar) - 1}")
-            audio = np.asarray(request.audio, dtype=np.float32)
-            if audio.shape != (AUDIO_WINDOW, FEATURE_DIM):
-                raise GpucompError(f"request {k}: audio must be a ({AUDIO_WINDOW}, {FEATURE_DIM}) window "
-                                   f"(gpucomp.audio_window), got {audio.shape}")
-            refs.append(FrameRef(avatar.cache, int(request.frame), int(request.frame), k,
-                                 self._feather(request.feather, avatar)))
-            windows.append(audio)
-        frames: list[np.ndarray] = []
-        batch = self.settings.batch
-        for first in range(0, len(refs), batch):
-            chunk = refs[first : first + batch]
-            audio = np.stack(windows[first : first + batch]).reshape((len(chunk),) + AUDIO_SHAPE)
-            frames.extend(_take(self._backend.submit_frames(chunk, audio, self.stats)))
-        return frames
+        `batch` frames each); every frame equals that frame rendered alone.
+        Every request is checked before any frame is computed."""
+        with self._call("engine.composite"):
+            refs, windows = [], []
+            for k, request in enumerate(requests):
+                avatar = getattr(request, "avatar", None)
+                if not isinstance(avatar, Avatar) or avatar.engine is not self or avatar.cache is None:
+                    raise GpucompError(f"request {k}: its avatar is not loaded in this engine (engine.load_avatar)")
+                frame = _frame_number(request.frame, avatar, f"request {k}: ")
+                audio = _array(request.audio, f"request {k}: audio")
+                if audio.shape != (AUDIO_WINDOW, FEATURE_DIM):
+                    raise GpucompError(f"request {k}: audio must be a ({AUDIO_WINDOW}, {FEATURE_DIM}) window "
+                                       f"(gpucomp.audio_window), got {audio.shape}")
+                windows.append(_real_float32(audio, f"request {k}: audio"))
+                refs.append(FrameRef(avatar.cache, frame, frame, k, self._feather(request.feather, avatar)))
+            frames: list[np.ndarray] = []
+            batch = self.settings.batch
+            for first in range(0, len(refs), batch):
+                chunk = refs[first : first + batch]
+                audio = np.stack(windows[first : first + batch]).reshape((len(chunk),) + AUDIO_SHAPE)
+                frames.extend(take(self._backend.submit_frames(chunk, audio, self.stats)))
+            return frames
 
     # -- files ----------------------------------------------------------------------
 
@@ -394,19 +410,49 @@ class Engine:
         saying what was written."""
         from .render import render_to
 
-        return render_to(self, avatar, output, speech=speech, features=features, fmt=format, schedule=schedule,
-                         smooth=smooth, feather=feather, audio=audio, audio_rate=audio_rate, voice_track=voice_track, crf=crf,
-                         preset=preset, encoder=encoder, resume=resume, progress=progress,
-                         on_message=on_message)
+        with self._call("engine.render"):
+            return render_to(self, avatar, output, speech=speech, features=features, fmt=format, schedule=schedule,
+                             smooth=smooth, feather=feather, audio=audio, audio_rate=audio_rate,
+                             voice_track=voice_track, crf=crf, preset=preset, encoder=encoder, resume=resume,
+                             progress=progress, on_message=on_message)
 
     # -------------------------------------------------------------------------------
 
     def close(self):
-        """Free every cache, the model and the device buffers."""
-        for avatar in list(self.avatars):
-            avatar.cache, avatar.engine = None, None
-        self.avatars.clear()
-        self._backend.close()
+        """Free every cache, the model and the device buffers; unfinished
+        frames() iterators end, and every later call is refused. Closing a
+        closed engine does nothing."""
+        if self._closed:
+            return
+        with self._call_guard("engine.close"):
+            self._closed = True
+            try:
+                for stream in list(self._streams):
+                    self._end_stream(stream, "the engine was closed before this frames() iterator finished")
+            finally:
+                for avatar in list(self.avatars):
+                    avatar.cache, avatar.engine = None, None
+                self.avatars.clear()
+                self._backend.close()
+
+    @contextmanager
+    def _call(self, name: str, current: FrameStream | None = None):
+        """Hold the engine for one call (exclusive.py), refused once closed;
+        unfinished frames() iterators other than `current` settle first, so
+        the call finds no batch of theirs in flight."""
+        with self._call_guard(name):
+            if self._closed:
+                raise GpucompError(f"{name} refused: the engine is closed")
+            for stream in list(self._streams):
+                if stream.done or stream.dropped:
+                    self._end_stream(stream)
+                elif stream is not current:
+                    stream.settle()
+            yield
+
+    def _end_stream(self, stream: FrameStream, why: str | None = None):
+        self._streams.discard(stream)
+        stream.finish(why)
 
     def __enter__(self) -> "Engine":
         return self
@@ -418,16 +464,50 @@ class Engine:
         return f"Engine({str(self.model_path)!r}, backend={self.backend!r}, avatars={len(self.avatars)})"
 
 
-def _take(pending) -> list[np.ndarray]:
-    """A batch's frames as the caller's own arrays; its buffers go back to the engine."""
+def _same_frames(a: Avatar, b: Avatar) -> bool:
+    """Whether two avatars show the same frames of the same folder the same way."""
+    def where(path):
+        return path.resolve() if path is not None else None
+
+    return (where(a.path) == where(b.path) and a.range == b.range and a.dataset.clip_rects == b.dataset.clip_rects
+            and where(a.dataset.features_path) == where(b.dataset.features_path))
+
+
+def _frame_number(frame, avatar: Avatar, where: str = "") -> int:
+    """An avatar frame number, 0 .. len-1: an integer, never truncated (2.7 is refused, not frame 2)."""
+    if not _is_integer(frame):
+        raise GpucompError(f"{where}frame {frame!r} is not an integer")
+    if not 0 <= frame < len(avatar):
+        raise GpucompError(f"{where}frame {frame} is outside the avatar's frames 0..{len(avatar) - 1}")
+    return int(frame)
+
+
+def _array(values, what: str) -> np.ndarray:
     try:
-        return [np.array(frame, copy=True) for frame in pending.wait()]
-    finally:
-        pending.release()
+        return np.asarray(values)
+    except (TypeError, ValueError) as exc:  # ragged nested lists, say
+        raise GpucompError(f"{what} is not an array of numbers ({str(exc).splitlines()[0][:120]})") from None
+
+
+def _real_float32(array: np.ndarray, what: str) -> np.ndarray:
+    """`array` as C-contiguous float32, refused unless it holds real numbers,
+    finite and within float32's range: what render and frames() require of
+    features, and composite() of its windows."""
+    if array.dtype.kind not in "fiu":  # complex, bool, strings, objects: nothing is cast silently
+        raise GpucompError(f"{what} must be real numbers, got dtype {array.dtype}")
+    problem = rows_problem(array)
+    if problem:
+        raise GpucompError(f"{what}: {problem}")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _is_integer(value) -> bool:
+    """An int or NumPy integer, not a bool, and never a float that would be truncated."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def _check_int(name: str, value, lo: int, hi: int):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+    if not _is_integer(value) or not lo <= value <= hi:
         raise GpucompError(f"{name} must be an integer in {lo}..{hi}, got {value!r}")
 
 
@@ -435,12 +515,10 @@ def _features_array(features) -> np.ndarray:
     """(M, 512) float32 features from an array or an .npy path, checked."""
     if isinstance(features, (str, Path)):
         return load_features(Path(features))
-    array = np.asarray(features)
+    array = _array(features, "features")
     if array.ndim != 2 or array.shape[1] != FEATURE_DIM or array.shape[0] == 0:
         raise GpucompError(f"features must have shape (M, {FEATURE_DIM}) with M >= 1, got {array.shape}")
-    if not np.isfinite(array).all():
-        raise GpucompError("features hold NaN or infinity")
-    return np.ascontiguousarray(array, dtype=np.float32)
+    return _real_float32(array, "features")
 
 
 __all__ = ["Avatar", "Engine", "FrameRequest", "RenderResult", "audio_window"]

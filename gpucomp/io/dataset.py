@@ -101,6 +101,20 @@ def _chunks(path: Path, mapped: np.ndarray):
             yield lo, chunk.reshape(-1, FEATURE_DIM)
 
 
+def rows_problem(rows: np.ndarray, first: int = 0) -> str | None:
+    """Why rows of real numbers cannot be float32 features (the first row with
+    NaN or infinity, or with a value float32 cannot hold, counted from
+    `first`), or None."""
+    bad = ~np.isfinite(rows)
+    if bad.any():
+        return f"row {first + int(np.argwhere(bad)[0][0])} holds NaN or infinity"
+    if rows.dtype != np.float32:
+        huge = np.abs(rows.astype(np.float64)) > np.finfo(np.float32).max
+        if huge.any():
+            return f"row {first + int(np.argwhere(huge)[0][0])} holds a value beyond float32's range (|x| > 3.4e38)"
+    return None
+
+
 def load_features(path: Path) -> np.ndarray:
     """(M, 512) float32 audio features, finite, memory-mapped when stored as
     float32 (rows are read when a window needs them)."""
@@ -129,16 +143,10 @@ def load_features(path: Path) -> np.ndarray:
         raise DatasetError(f"{path}: features have no rows")
     if not np.issubdtype(features.dtype, np.floating) and not np.issubdtype(features.dtype, np.integer):
         raise DatasetError(f"{path}: features must be real numbers, got dtype {features.dtype}")
-    limit = np.finfo(np.float32).max
     for lo, chunk in _chunks(path, features):
-        bad = ~np.isfinite(chunk)
-        if bad.any():
-            raise DatasetError(f"{path}: row {lo + int(np.argwhere(bad)[0][0])} holds NaN or infinity")
-        if chunk.dtype != np.float32:
-            huge = np.abs(chunk.astype(np.float64)) > limit
-            if huge.any():
-                raise DatasetError(f"{path}: row {lo + int(np.argwhere(huge)[0][0])} holds a value beyond float32's "
-                                   f"range (|x| > 3.4e38)")
+        problem = rows_problem(chunk, lo)
+        if problem:
+            raise DatasetError(f"{path}: {problem}")
     if features.dtype == np.float32 and features.flags.c_contiguous:
         return features  # the memory map itself
     return np.ascontiguousarray(features, dtype=np.float32)
