@@ -52,10 +52,17 @@ def test_streaming_ring_equals_full_preload(long_dataset, tiny_model, tmp_path, 
     assert_same(tmp_path / "ring", tmp_path / "all")
 
 
-def test_budget_too_small_for_streaming(long_dataset, tiny_model, tmp_path, capsys):
-    assert render(long_dataset, tiny_model, tmp_path / "o", "--backend", "cpu", "--cache-budget", "50M") == 2
+@pytest.mark.parametrize("budget, message", [
+    # below a ring's 44 frames whatever the backend: refused with the options, before the model loads
+    ("50M", "--cache-budget 50.0 MiB cannot hold the 44 frames of 1280x720 that a render of {data} needs at the "
+            "least (129.6 MiB)"),
+    # room for the ring's frames, but not beside the frames in flight: refused when the cache is sized
+    ("150M", "--cache-budget 150.0 MiB leaves room for 33 cached frames after 52.7 MiB for frames in flight"),
+])
+def test_budget_too_small_for_streaming(long_dataset, tiny_model, tmp_path, capsys, budget, message):
+    assert render(long_dataset, tiny_model, tmp_path / "o", "--backend", "cpu", "--cache-budget", budget) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--cache-budget 50.0 MiB leaves room for 0 cached frames after 52.7 MiB" in err[0]
+    assert len(err) == 1 and message.format(data=long_dataset) in err[0], err
     assert "raise --cache-budget or lower --batch" in err[0]
 
 

@@ -58,6 +58,11 @@ class HostMemory:
             np.copyto(dest, staged)
 
 
+def ring_minimum(batch: int) -> int:
+    """The fewest slots a decode-ahead ring works with: the batches in flight and a chunk decoding ahead."""
+    return 3 * batch + 2 * DECODE_CHUNK
+
+
 def ring_slots(count: int, frame_bytes: int, budget: int, batch: int, what: str, memory_kind: str | None = None,
                *, reserved: int = 0) -> int:
     """Slots for `count` frames within `budget` bytes, of which `reserved` go
@@ -70,7 +75,7 @@ def ring_slots(count: int, frame_bytes: int, budget: int, batch: int, what: str,
     room = max(0, budget - reserved)
     if count * frame_bytes <= room:
         return count
-    minimum = 3 * batch + 2 * DECODE_CHUNK
+    minimum = ring_minimum(batch)
     slots = room // frame_bytes
     if slots < minimum:
         need = (f"streaming with --batch {batch} needs room for {minimum} cached frames "

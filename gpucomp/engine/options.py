@@ -12,12 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.errors import GpucompError
+from ..core.errors import GpucompError, ResourceError
+from ..core.resources import format_bytes
 from ..io.atomic import refuse_output_over_inputs
-from ..io.encode import IMAGE_FORMATS, check_frame_size
+from ..io.encode import check_frame_size
 from ..io.video_out import STDOUT
 from .api import Avatar, check_feather
-from .render import check_smooth
+from .framecache import ring_minimum
+from .render import check_output, check_smooth
 
 # Engine(...) arguments: the model and how it runs. Jobs sharing them share an engine.
 # (feather is the render's own: one engine serves renders of any feather)
@@ -45,10 +47,37 @@ def avatar_key(options) -> tuple:
     return (str(Path(options.data).resolve()), options.start, options.frames, options.clip_rects)
 
 
+def _feature_rows(path: Path) -> int | None:
+    """The rows of a features .npy from its header alone, or None when it
+    cannot be read that way (the render's own check of the file says why)."""
+    import numpy as np
+
+    try:
+        return int(np.load(path, mmap_mode="r", allow_pickle=False).shape[0])
+    except Exception:  # NumPy raises several types for a file that is not an .npy
+        return None
+
+
+def check_cache_budget(budget: int, avatar: Avatar, batch: int, rows: int | None):
+    """A ResourceError before anything is loaded when `budget` cannot hold the
+    frames a render of `rows` output frames (None: not known yet, at least
+    one) over `avatar` needs at the least: every avatar frame it shows, or a
+    decode-ahead ring (framecache.ring_slots) when that is fewer. The frames
+    in flight, which depend on the backend, are counted when it starts."""
+    rows = rows or 1
+    frames = min(rows, len(avatar), ring_minimum(min(batch, rows)))
+    frame_bytes = avatar.dataset.frame_bytes()
+    if budget < frames * frame_bytes:
+        raise ResourceError(f"--cache-budget {format_bytes(budget)} cannot hold the {frames} frames of "
+                            f"{avatar.width}x{avatar.height} that a render of {avatar.path} needs at the least "
+                            f"({format_bytes(frames * frame_bytes)}); raise --cache-budget or lower --batch")
+
+
 def plan_render(options, avatar: Avatar | None = None) -> RenderPlan:
     """Every check `render` makes before it loads a model (one-line errors);
     `avatar`: the options' avatar already opened (a batch opens each once)."""
     fmt = options.format or "png"
+    check_output(str(options.output), fmt, bool(options.resume))
     if options.audio_encoder is not None and options.speech is None:
         raise GpucompError("--audio-encoder computes features from --speech; give --speech too")
     speech = options.speech is not None or options.features is not None
@@ -65,8 +94,6 @@ def plan_render(options, avatar: Avatar | None = None) -> RenderPlan:
                                    dataset.audio_path, options.model, options.audio, options.speech,
                                    options.audio_encoder, options.features])
     check_frame_size(fmt, dataset.width, dataset.height)
-    if options.resume and fmt not in IMAGE_FORMATS:
-        raise GpucompError(f"--resume works with png and jpg output; --format {fmt} is written whole")
     from_speech = options.speech is not None and options.features is None
     check_smooth(bool(options.smooth), from_speech=from_speech)
     if options.feather is not None:
@@ -74,6 +101,11 @@ def plan_render(options, avatar: Avatar | None = None) -> RenderPlan:
     if from_speech and options.audio_encoder is None:
         raise GpucompError("--speech needs --audio-encoder ENCODER.onnx to compute its features "
                            "(or --features FILE computed earlier)")
+    if options.cache_budget is not None:
+        rows = None if speech else len(avatar)  # speech: its length is known once its features are
+        if options.features is not None:
+            rows = _feature_rows(Path(options.features))
+        check_cache_budget(options.cache_budget, avatar, options.batch, rows)
     engine = {name: getattr(options, name) for name in ENGINE_OPTIONS}
     render = dict(
         speech=options.speech if from_speech else None, features=options.features, format=fmt,

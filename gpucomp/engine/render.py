@@ -52,6 +52,16 @@ def check_smooth(smooth: bool, *, from_speech: bool):
                            "are used as given (smooth them when computing them: features --smooth 3)")
 
 
+def check_output(output: str, fmt: str, resume):
+    """An output name and a resume mode a render can take, before anything is read."""
+    if not output:  # Path("") is the current folder: frames would land among whatever is there
+        raise GpucompError("the output is empty: give a folder (png, jpg), a file (mp4, y4m, raw) or - for stdout")
+    if resume not in (False, True, "auto"):
+        raise GpucompError(f"resume must be True, False or 'auto', got {resume!r}")
+    if resume is True and fmt not in IMAGE_FORMATS:  # "auto" (a batch's rerun) takes a whole video too
+        raise GpucompError(f"--resume works with png and jpg output; --format {fmt} is written whole")
+
+
 def render_to(engine, avatar, output, *, speech, features, fmt, schedule, smooth, feather, audio, audio_rate,
               voice_track, crf, preset, encoder, resume, progress, on_message) -> pipeline.RenderResult:
     """Engine.render. `resume`: False (start over), True (keep the frames an
@@ -64,8 +74,7 @@ def render_to(engine, avatar, output, *, speech, features, fmt, schedule, smooth
         raise GpucompError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if preset not in X264_PRESETS:
         raise GpucompError(f"preset must be one of x264's {', '.join(X264_PRESETS)}, got {preset!r}")
-    if resume and fmt not in IMAGE_FORMATS:
-        raise GpucompError(f"--resume works with png and jpg output; --format {fmt} is written whole")
+    check_output(output, fmt, resume)
     if speech is not None and features is not None:
         raise GpucompError("give speech or features, not both")
     check_smooth(smooth, from_speech=speech is not None)
