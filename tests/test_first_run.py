@@ -9,6 +9,7 @@ import re
 import shutil
 
 import numpy as np
+import pytest
 
 from gpucomp.cli import build_parser
 
@@ -108,3 +109,64 @@ def test_every_option_has_help_and_is_in_the_readme():
                 continue  # the README writes [render options] for these
             assert any(s in lines[name] for s in action.option_strings if s.startswith("--")), \
                 f"README's line for {name} lacks {action.option_strings[-1]}"
+
+
+# -- a machine without a GPU (hostile round 4) ------------------------------------------------------------------
+
+
+@pytest.fixture
+def cuda_driver_missing(monkeypatch):
+    """CuPy's runtime fails as it does where NVIDIA's driver is not installed."""
+    import cupy
+
+    from gpucomp.engine import backends
+
+    def no_driver():
+        raise cupy.cuda.runtime.CUDARuntimeError(35)  # cudaErrorInsufficientDriver
+
+    monkeypatch.setattr(cupy.cuda.runtime, "getDeviceCount", no_driver)
+    for check in (backends.kernels_unavailable_reason, backends.cuda_unavailable_reason):
+        check.cache_clear()
+    yield backends
+    for check in (backends.kernels_unavailable_reason, backends.cuda_unavailable_reason):
+        check.cache_clear()
+
+
+def test_without_a_gpu_the_note_says_no_gpu_found(cuda_driver_missing, monkeypatch):
+    from gpucomp.core.errors import BackendUnavailable
+
+    backends = cuda_driver_missing
+    monkeypatch.setattr(backends, "nvidia_gpu_present", lambda root=None: False)
+    assert backends.resolve("auto") == ("cpu", "no GPU found; using the cpu backend")
+    with pytest.raises(BackendUnavailable, match=r"^no CUDA device \(no GPU found\)$"):
+        backends.resolve("gpu")
+    # A GPU that is there but cannot be used keeps CUDA's own reason.
+    monkeypatch.setattr(backends, "nvidia_gpu_present", lambda root=None: True)
+    for check in (backends.kernels_unavailable_reason, backends.cuda_unavailable_reason):
+        check.cache_clear()
+    name, notice = backends.resolve("auto")
+    assert name == "cpu" and notice.startswith("no usable CUDA device (cudaErrorInsufficientDriver: CUDA driver")
+
+
+def test_an_nvidia_gpu_is_found_by_its_device_node_or_on_the_pci_bus(tmp_path):
+    from gpucomp.engine.backends import nvidia_gpu_present
+
+    def device(root, name, vendor, kind):
+        folder = root / "sys" / "bus" / "pci" / "devices" / name
+        folder.mkdir(parents=True)
+        (folder / "vendor").write_text(vendor + "\n")
+        (folder / "class").write_text(kind + "\n")
+
+    machine = tmp_path / "vm"
+    device(machine, "0000:00:03.0", "0x1af4", "0x020000")  # a virtio network card
+    (machine / "dev").mkdir()
+    (machine / "dev" / "nvidiactl").touch()  # the driver's control node alone is no GPU
+    assert not nvidia_gpu_present(machine)
+    device(machine, "0000:00:05.0", "0x10de", "0x020000")  # NVIDIA, but a network card
+    assert not nvidia_gpu_present(machine)
+    device(machine, "0000:00:06.0", "0x10de", "0x030200")  # an NVIDIA 3D controller (a data-centre GPU)
+    assert nvidia_gpu_present(machine)
+    for node in ("nvidia0", "dxg"):  # the driver's GPU node; WSL's
+        (tmp_path / node / "dev").mkdir(parents=True)
+        (tmp_path / node / "dev" / node).touch()
+        assert nvidia_gpu_present(tmp_path / node)

@@ -21,6 +21,27 @@ from .base import Backend, PendingBatch, RenderSettings
 
 BACKENDS = ("cpu", "gpu", "gpu-sim")
 CHOICES = BACKENDS + ("auto",)
+# Why CUDA cannot run on a machine that has no NVIDIA GPU at all: the CUDA
+# runtime's own error there ("driver version is insufficient") reads like a
+# broken driver.
+NO_GPU = "no GPU found"
+
+
+def nvidia_gpu_present(root: Path = Path("/")) -> bool:
+    """Whether the machine shows an NVIDIA GPU at all, whatever its driver: a
+    device node of NVIDIA's driver (or WSL's GPU node), or an NVIDIA display
+    or 3D controller on the PCI bus (vendor 0x10de, class 0x03). `root`: the
+    file system to look in."""
+    if any(root.glob("dev/nvidia[0-9]*")) or (root / "dev" / "dxg").exists():
+        return True
+    for device in root.glob("sys/bus/pci/devices/*"):
+        try:
+            vendor, kind = (device / "vendor").read_text().strip(), (device / "class").read_text().strip()
+        except OSError:
+            continue
+        if vendor == "0x10de" and kind.startswith("0x03"):
+            return True
+    return False
 
 
 @lru_cache(maxsize=1)
@@ -34,9 +55,9 @@ def kernels_unavailable_reason() -> str | None:
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # CUDARuntimeError: no driver, driver too old, ...
-        return str(exc).strip() or type(exc).__name__
+        return (str(exc).strip() or type(exc).__name__) if nvidia_gpu_present() else NO_GPU
     if count < 1:
-        return "no CUDA device found"
+        return NO_GPU
     from ..kernel_build import nvrtc_unavailable_reason
 
     return nvrtc_unavailable_reason()
@@ -61,6 +82,8 @@ def resolve(name: str) -> tuple[str, str | None]:
         reason = cuda_unavailable_reason()
         if reason is None:
             return "gpu", None
+        if reason == NO_GPU:
+            return "cpu", f"{NO_GPU}; using the cpu backend"
         return "cpu", f"no usable CUDA device ({reason}); using the cpu backend"
     if name not in BACKENDS:
         raise BackendUnavailable(f"unknown backend {name!r} (choose from {', '.join(CHOICES)})")
