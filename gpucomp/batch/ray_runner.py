@@ -8,17 +8,22 @@ A job whose worker dies is given to another (up to `retries` times) and the
 dead worker is replaced; its output was being written under a temporary
 name, so nothing half-written is left looking finished. Outputs go where the
 job says: on a cluster of several machines, storage every node sees.
+
+A local cluster (no address given) listens on 127.0.0.1 alone: Ray's servers
+take no credentials, so one reachable from the network would run anyone's code.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from collections import deque
 
 from ..core.errors import GpucompError
 from .jobs import Job
-from .runner import BatchProgress, grouped
+from .runner import BatchProgress, grouped, interrupted
 from .worker import Worker
 
 
@@ -43,6 +48,31 @@ def _import_ray():
     return ray
 
 
+# Ray's single-machine mode, its default on macOS and Windows: the node's address
+# is the loopback one, and every server of the cluster (GCS, raylet, agents,
+# workers) listens there. Ray turns an explicit _node_ip_address="127.0.0.1"
+# into the machine's network address unless this is set.
+SINGLE_MACHINE = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+def start_local_cluster(ray, num_cpus: int):
+    """A Ray cluster on this machine that only this machine can reach."""
+    from ray._private import ray_constants
+
+    name, value = SINGLE_MACHINE
+    before = os.environ.get(name), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[name] = value                 # the cluster's processes read it as they start
+    ray_constants.ENABLE_RAY_CLUSTER = False  # Ray read it at import, perhaps before it was set
+    try:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    finally:  # this process's later connections (to another cluster) are as Ray would make them
+        if before[0] is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before[0]
+        ray_constants.ENABLE_RAY_CLUSTER = before[1]
+
+
 def run_ray(jobs: list[Job], *, address: str | None, cpus_per_worker: float, retries: int, max_avatars: int,
             progress: BatchProgress, on_started=None) -> tuple[list[dict], dict]:
     """(results, what ran where). `address`: a running cluster's, or None to
@@ -52,13 +82,21 @@ def run_ray(jobs: list[Job], *, address: str | None, cpus_per_worker: float, ret
     began = time.perf_counter()
     started_here = not ray.is_initialized()
     if started_here:
+        # ray.init installs a SIGTERM handler that exits at once; the one in place
+        # (the command line's: stop like Ctrl-C) lets the batch write its report.
+        on_sigterm = signal.getsignal(signal.SIGTERM)
         try:
             if address:
                 ray.init(address=address, log_to_driver=False)
             else:
-                ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+                start_local_cluster(ray, os.cpu_count())
         except Exception as exc:  # an unreachable address, say
             raise GpucompError(f"cannot start or reach the Ray cluster ({str(exc).splitlines()[0][:200]})") from None
+        finally:
+            if on_sigterm is not None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, on_sigterm)
+    actors: dict = {}  # actor handle -> name
+    busy: dict = {}    # object ref -> (actor, job, attempt)
     try:
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
@@ -124,6 +162,13 @@ def run_ray(jobs: list[Job], *, address: str | None, cpus_per_worker: float, ret
         return results, {"workers": count, "gpus_per_worker": 1 if gpus else 0,
                          "cpus_per_worker": 0 if gpus else cpus_per_worker, "model_threads": threads,
                          "startup_seconds": startup, "worker_deaths": attempts}
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the running jobs are reported, their workers stopped
+        for actor, job, _ in busy.values():
+            progress.finished(interrupted(job, actors.get(actor, "?")))
+        if not started_here:  # a cluster started here goes with ray.shutdown
+            for actor in actors:
+                ray.kill(actor, no_restart=True)
+        raise
     finally:
         if started_here:
             ray.shutdown()

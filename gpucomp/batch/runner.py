@@ -2,7 +2,10 @@
 (ray_runner.py); progress over all jobs, and the report.
 
 In process, jobs run grouped by avatar (in file order otherwise), and an
-avatar is unloaded as soon as no job still to run needs it.
+avatar is unloaded as soon as no job still to run needs it. Ctrl-C or
+SIGTERM stops the batch: the running jobs are reported as interrupted (what
+they wrote is complete, as `render` leaves it), the rest as not started, and
+the report is written all the same; running the same file again finishes it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class BatchProgress:
         self.start = time.perf_counter()
         self.frames = 0
         self.running = 0
+        self.results: list[dict] = []  # every finished job's, in the order they finished
         self.outcomes: Counter = Counter()
         self.bar = tqdm(total=total, desc="batch", unit="job", file=sys.stderr, disable=not enabled,
                         dynamic_ncols=True)
@@ -49,6 +53,7 @@ class BatchProgress:
         self._show()
 
     def finished(self, result: dict):
+        self.results.append(result)
         self.running -= 1
         self.frames += result.get("frames", 0)
         self.outcomes[result["outcome"]] += 1
@@ -66,6 +71,22 @@ class BatchProgress:
         self.bar.close()
 
 
+def interrupted(job: Job, worker: str, stop: BaseException | None = None) -> dict:
+    """The report's entry of a job that Ctrl-C or SIGTERM stopped while it ran
+    (`stop`: what stopped it in this process; None: its Ray worker was stopped)."""
+    from ..engine.render import RenderInterrupted
+
+    if isinstance(stop, RenderInterrupted):
+        done = stop.describe()
+    elif stop is not None:
+        done = "stopped before its frames were written"
+    else:
+        done = "its worker was stopped; the frames it completed are kept for the next run"
+    return {"job": job.number, "line": job.line, "worker": worker, "output": job.output,
+            "avatar": job.options["data"], "outcome": "interrupted", "frames": getattr(stop, "written", 0),
+            "seconds": 0.0, "error": f"interrupted: {done}"}
+
+
 def run_local(jobs: list[Job], *, max_avatars: int, progress: BatchProgress) -> list[dict]:
     """Every job in this process, on one worker."""
     order = grouped(jobs)
@@ -75,7 +96,11 @@ def run_local(jobs: list[Job], *, max_avatars: int, progress: BatchProgress) -> 
     try:
         for job in order:
             progress.started()
-            result = worker.run(job)
+            try:
+                result = worker.run(job)
+            except KeyboardInterrupt as stop:
+                progress.finished(interrupted(job, worker.name, stop))
+                raise
             results.append(result)
             progress.finished(result)
             remaining[job.avatar_key] -= 1
@@ -86,19 +111,57 @@ def run_local(jobs: list[Job], *, max_avatars: int, progress: BatchProgress) -> 
     return results
 
 
-def summary(results: list[dict], jobs: list[Job], seconds: float, where: str) -> dict:
+def where(ray: str | None) -> str:
+    """Where a batch runs, in words (`ray` as run_batch takes it)."""
+    return "in this process" if ray is None else f"on Ray ({ray or 'a local cluster'})"
+
+
+def run_batch(jobs: list[Job], *, ray: str | None, cpus_per_worker: float, retries: int, max_avatars: int,
+              report_path: Path, jobs_file: Path, quiet: bool) -> tuple[dict, list[dict]]:
+    """Run every job (`ray`: None in this process, else a Ray cluster's
+    address, "" for a local one) and write the report, also when Ctrl-C or
+    SIGTERM stops the batch part way (the summary's "stopped" says so).
+    Returns (the summary, every job's result)."""
+    progress = BatchProgress(len(jobs), enabled=not quiet)
+    start = time.perf_counter()
+    cluster, stopped = None, False
+    try:
+        if ray is None:
+            run_local(jobs, max_avatars=max_avatars, progress=progress)
+        else:
+            from .ray_runner import run_ray
+
+            _, cluster = run_ray(jobs, address=ray or None, cpus_per_worker=cpus_per_worker, retries=retries,
+                                 max_avatars=max_avatars, progress=progress)
+    except KeyboardInterrupt:
+        stopped = True
+    finally:
+        progress.close()
+    reported = {r["job"] for r in progress.results}
+    results = progress.results + [
+        {"job": job.number, "line": job.line, "worker": None, "output": job.output, "avatar": job.options["data"],
+         "outcome": "not started", "frames": 0, "seconds": 0.0} for job in jobs if job.number not in reported]
+    results.sort(key=lambda r: r["job"])
+    totals = summary(results, jobs, time.perf_counter() - start, where(ray), interrupted=stopped)
+    write_report(report_path, {"jobs_file": str(jobs_file), "summary": totals, "cluster": cluster,
+                               "results": results})
+    return totals, results
+
+
+def summary(results: list[dict], jobs: list[Job], seconds: float, where: str, *, interrupted: bool = False) -> dict:
     frames = sum(r.get("frames", 0) for r in results)
     outcomes = Counter(r["outcome"] for r in results)
     return {"jobs": len(jobs), "done": outcomes["done"], "skipped": outcomes["skipped"], "failed": outcomes["failed"],
+            "interrupted": outcomes["interrupted"], "not_started": outcomes["not started"], "stopped": interrupted,
             "frames": frames, "seconds": seconds, "frames_per_second": frames / seconds if seconds > 0 else 0.0,
             "avatars_decoded": sum(bool(r.get("decoded_avatar")) for r in results), "where": where}
 
 
 def table(results: list[dict]) -> str:
-    rows = ["job  line  outcome   frames  seconds  worker      output"]
+    rows = ["job  line  outcome      frames  seconds  worker      output"]
     for r in sorted(results, key=lambda r: r["job"]):
-        rows.append(f"{r['job']:>3}  {r['line']:>4}  {r['outcome']:<8}  {r.get('frames', 0):>6}  "
-                    f"{r['seconds']:>7.2f}  {r['worker']:<10}  {r['output']}")
+        rows.append(f"{r['job']:>3}  {r['line']:>4}  {r['outcome']:<11}  {r.get('frames', 0):>6}  "
+                    f"{r['seconds']:>7.2f}  {r['worker'] or '-':<10}  {r['output']}")
     return "\n".join(rows)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..core.errors import OutputError
 from . import render
 from .args import Parser, add_render_options, float_range, int_range
-from .guard import EXIT_BAD_INPUT
+from .guard import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 
 
 def register(sub) -> None:
@@ -32,44 +32,35 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import time
-
+    from ..batch import runner
     from ..batch.jobs import load_jobs
-    from ..batch.runner import BatchProgress, run_local, summary, table, write_report
 
     render_parser = Parser(prog="python -m gpucomp render")
     render.add_arguments(render_parser)
     defaults = {a.dest: getattr(args, a.dest) for a in render_parser._actions
                 if hasattr(args, a.dest) and a.dest not in ("help", "resume", "quiet")}
-    jobs = load_jobs(args.jobs, render_parser, defaults)  # every line checked before any job runs
+    # Every line checked before any job runs; the backends where the jobs will run (not on a remote cluster).
+    jobs = load_jobs(args.jobs, render_parser, defaults, backends_here=not args.ray)
     report_path = args.report or args.jobs.with_suffix(".report.json")  # beside the JOBS file
     if not report_path.parent.is_dir() or not os.access(report_path.parent, os.W_OK):
         raise OutputError(f"{report_path}: the report cannot be written there (no such writable folder); "
                           f"give --report PATH")
     if report_path.resolve() in {Path(job.output).resolve() for job in jobs} | {args.jobs.resolve()}:
         raise OutputError(f"{report_path}: is the JOBS file or a job's output; give --report another PATH")
-    where = "in this process" if args.ray is None else f"on Ray ({args.ray or 'a local cluster'})"
+    where = runner.where(args.ray)
     if not args.quiet:
         print(f"batch: {len(jobs)} jobs {where}; report to {report_path}", file=sys.stderr)
-    progress = BatchProgress(len(jobs), enabled=not args.quiet)
-    start = time.perf_counter()
-    cluster = None
-    try:
-        if args.ray is None:
-            results = run_local(jobs, max_avatars=args.max_avatars, progress=progress)
-        else:
-            from ..batch.ray_runner import run_ray
-
-            results, cluster = run_ray(jobs, address=args.ray or None, cpus_per_worker=args.cpus_per_worker,
-                                       retries=args.retries, max_avatars=args.max_avatars, progress=progress)
-    finally:
-        progress.close()
-    totals = summary(results, jobs, time.perf_counter() - start, where)
-    write_report(report_path, {"jobs_file": str(args.jobs), "summary": totals, "cluster": cluster,
-                               "results": sorted(results, key=lambda r: r["job"])})
-    print(table(results))
-    print(f"{totals['done']} done, {totals['skipped']} already complete, {totals['failed']} failed; "
+    totals, results = runner.run_batch(jobs, ray=args.ray, cpus_per_worker=args.cpus_per_worker,
+                                       retries=args.retries, max_avatars=args.max_avatars, report_path=report_path,
+                                       jobs_file=args.jobs, quiet=args.quiet)
+    print(runner.table(results))
+    stopped = (f", {totals['interrupted']} interrupted, {totals['not_started']} not started"
+               if totals["stopped"] else "")
+    print(f"{totals['done']} done, {totals['skipped']} already complete, {totals['failed']} failed{stopped}; "
           f"{totals['frames']} frames in {totals['seconds']:.1f} s ({totals['frames_per_second']:.1f} frames/s) "
           f"{where}; report: {report_path}")
+    if totals["stopped"]:
+        print(f"interrupted: run {args.jobs} again to finish it", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return EXIT_BAD_INPUT if totals["failed"] else 0
 
