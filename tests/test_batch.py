@@ -197,6 +197,34 @@ def test_video_jobs_render_the_bytes_render_writes(setup, tmp_path):
     assert [r["outcome"] for r in again["results"]] == ["skipped"] * 3
 
 
+def test_the_same_frames_asked_for_two_ways_are_decoded_once(setup, tmp_path):
+    """Jobs of one avatar with and without "frames" naming all of them: one
+    cache (the engine holds the same frames once), and the worker unloads it
+    once, when neither way is held any longer."""
+    from gpucomp.batch.jobs import load_jobs
+    from gpucomp.batch.worker import Worker
+
+    root, jobs = setup
+    ben, model = jobs[2]["avatar"], jobs[0]["model"]
+    lines = [{"avatar": ben, "model": model, "output": "all"}, {"avatar": ben, "model": model, "frames": 12,
+                                                               "output": "twelve"},
+             {"avatar": jobs[0]["avatar"], "model": model, "frames": 4, "output": "other"},
+             {"avatar": jobs[0]["avatar"], "model": model, "frames": 2, "output": "another"}]
+    render_parser = next(a for a in cli.build_parser()._actions if hasattr(a, "choices") and a.choices
+                         and "render" in a.choices).choices["render"]
+    loaded = load_jobs(write_jobs(tmp_path, lines), render_parser, {"backend": "cpu"})
+    worker = Worker("w", max_avatars=2)
+    try:
+        results = [worker.run(job) for job in loaded]
+        assert [r["outcome"] for r in results] == ["done"] * 4, results
+        assert [r["decoded_avatar"] for r in results] == [True, False, True, True]
+        engine = next(iter(worker.engines.values()))
+        assert [len(a) for a in engine.avatars] == [4, 2]  # the shared one went when neither way held it
+    finally:
+        worker.close()
+    assert files(tmp_path / "all") == files(tmp_path / "twelve")
+
+
 @pytest.mark.parametrize("report, error", [("missing/report.json", "the report cannot be written there"),
                                            ("jobs.jsonl", "is the JOBS file or a job's output")])
 def test_a_report_that_cannot_be_written_is_refused_first(setup, tmp_path, report, error):

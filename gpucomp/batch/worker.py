@@ -91,19 +91,25 @@ class Worker:
                                        clip_rects=plan.avatar.dataset.clip_rects,
                                        features=plan.avatar.features is not None), True
                 self._unload_oldest()
+        # The same frames asked for another way (all 12 frames, or "frames": 12): the engine holds them once.
+        decoded = avatar not in self.avatars.values()
         self.avatars[key] = avatar
-        self.decoded += 1
-        return avatar, True
+        self.decoded += decoded
+        return avatar, decoded
 
     def release(self, avatar_key: tuple):
         """No job still needs this avatar: give its memory back."""
         for key in [k for k in self.avatars if k[1] == avatar_key]:
-            avatar = self.avatars.pop(key)
-            avatar.engine.unload(avatar)
+            self._drop(key)
 
     def _unload_oldest(self):
-        _, avatar = self.avatars.popitem(last=False)
-        avatar.engine.unload(avatar)
+        self._drop(next(iter(self.avatars)))
+
+    def _drop(self, key: tuple):
+        """Forget an avatar; unload it unless another key still holds the same one."""
+        avatar = self.avatars.pop(key)
+        if avatar.resident and avatar not in self.avatars.values():
+            avatar.engine.unload(avatar)
 
     def close(self):
         for engine in self.engines.values():
