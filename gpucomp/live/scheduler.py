@@ -13,8 +13,9 @@ render jobs of all sessions earliest due first, in batches of the engine's
 batch size (one `engine.composite` call: one model run and one composite
 launch for frames of many sessions and avatars), as soon as a batch is full
 or the earliest is due within half the lead, and hands the frames to encoder
-threads (JPEG or PNG). Finished frames go back to each session in frame
-order. A session's queue drops frames that are more than a second behind
+threads (JPEG or PNG for the WebSocket; for WebRTC, only the conversion to
+yuv420p, the video encoder's input: its transport encodes each session's
+stream in order). Finished frames go back to each session in frame order. A session's queue drops frames that are more than a second behind
 (counted), and a client that stops reading gets idle frames instead of
 rendered ones, so it never holds up the others.
 """
@@ -22,11 +23,13 @@ rendered ones, so it never holds up the others.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 
+import cv2
 import numpy as np
 
 from ..core.errors import GpucompError
@@ -35,11 +38,19 @@ from ..io.encode import encode_jpeg
 from ..io.png import encode_png
 from ..speech.features import encode_windows
 from ..speech.stream import samples_needed
-from .protocol import audio_span, pack_frame, pingpong
-from .session import Outgoing, Session, Utterance
+from .protocol import FORMATS, audio_span, pack_frame, pingpong
+from .session import FrameParts, Outgoing, Session, Utterance
 
 log = logging.getLogger("gpucomp.live")
-ENCODERS = {"jpeg": encode_jpeg, "png": encode_png}
+
+
+def _yuv420p(bgr: np.ndarray) -> np.ndarray:
+    """(H*3/2, W) planar 4:2:0 of a BGR frame (BT.601, as video encoders take it)."""
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420)
+
+
+# The WebSocket's image formats, and the WebRTC transport's unencoded frames.
+ENCODERS = {"jpeg": encode_jpeg, "png": encode_png, "yuv420p": _yuv420p}
 ENCODER_BATCH = 256  # windows per encoder call, all sessions together
 
 
@@ -72,6 +83,14 @@ class _InOrder:
 
 def _idle_header(n: int, f: int, fps: float) -> dict:
     return {"frame": n, "avatar_frame": f, "utterance": None, "row": None, "pts": round(n / fps, 6), "needs": None}
+
+
+def _payload(session: Session, header: dict, image, audio: bytes):
+    """A frame as its session's transport takes it: the WebSocket's binary
+    message, or the parts (WebRTC sends picture, sound and header apart)."""
+    if session.format in FORMATS:
+        return pack_frame(header, image, audio)
+    return FrameParts(header, image, audio)
 
 
 class Scheduler:
@@ -125,11 +144,13 @@ class Scheduler:
             thread.join()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def open(self, avatar_name: str, fmt: str, loop) -> Session:
-        """A new session on `avatar_name` (event loop thread)."""
+    def open(self, avatar_name: str, fmt: str, loop, *, deferred: bool = False) -> Session:
+        """A new session on `avatar_name` (event loop thread). A deferred one
+        holds its place but has no frames until `begin` (a WebRTC peer that is
+        still connecting)."""
         avatar = self.avatars[avatar_name]
-        session = Session(avatar_name, avatar, fmt, avatar.fps, time.monotonic() + self.start_delay, loop,
-                          queue_seconds=self.max_delay)
+        t0 = math.inf if deferred else time.monotonic() + self.start_delay
+        session = Session(avatar_name, avatar, fmt, avatar.fps, t0, loop, queue_seconds=self.max_delay)
         if (avatar_name, fmt, 0) not in self._idle:
             with self._jobs:
                 self._image_requests.append((avatar_name, fmt))
@@ -139,6 +160,12 @@ class Scheduler:
             self._order[session.id] = _InOrder(session)
             self._cond.notify_all()
         return session
+
+    def begin(self, session: Session):
+        """Frame 0 of a deferred session falls due `start_delay` from now."""
+        with self._cond:
+            session.t0 = time.monotonic() + self.start_delay
+            self._cond.notify_all()
 
     def close(self, session: Session):
         """Forget a session and everything it holds (event loop thread)."""
@@ -295,7 +322,8 @@ class Scheduler:
         a, b = audio_span(n, session.fps)
         header = _idle_header(n, f, session.fps)
         payload: Future = Future()
-        image.add_done_callback(lambda done: payload.set_result(pack_frame(header, done.result(), bytes(2 * (b - a)))))
+        image.add_done_callback(lambda done: payload.set_result(_payload(session, header, done.result(),
+                                                                         bytes(2 * (b - a)))))
         return payload
 
     # -- the render thread -------------------------------------------------------------
@@ -369,7 +397,7 @@ class Scheduler:
             log.exception("encoding a live frame failed")
             self._fail(session, f"encoding a frame failed ({str(exc).splitlines()[0][:160]})")
             return
-        order.ready(Outgoing(render.frame, render.due, pack_frame(header, image, utterance.audio(k)), True,
+        order.ready(Outgoing(render.frame, render.due, _payload(session, header, image, utterance.audio(k)), True,
                              utterance.needed_at(k), render.avatar_frame, utterance.number))
 
     def _notify(self, session: Session, message: dict):

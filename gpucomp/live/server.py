@@ -8,6 +8,7 @@ waits on that connection alone.
     GET /             the page: choose an avatar, speak or pick a file, watch and hear it
     GET /v1/avatars   the avatars and their sizes
     GET /v1/live      the WebSocket of docs/LIVE.md
+    POST /v1/webrtc   a WebRTC session (webrtc.py): the same scheduler and admission
     GET /v1/stats     what the scheduler and the sessions have done
 """
 
@@ -25,6 +26,7 @@ from aiohttp import WSMsgType, web
 from .protocol import SAMPLE_RATE, ProtocolError, parse_command
 from .scheduler import Scheduler
 from .session import Session
+from .webrtc import WebRTCPeers, WebRTCSettings, register
 
 log = logging.getLogger("gpucomp.live")
 STATIC = Path(__file__).resolve().parent / "static"
@@ -36,9 +38,12 @@ SCHEDULER = web.AppKey("scheduler", Scheduler)
 TOKEN = web.AppKey("token", object)
 MAX_SESSIONS = web.AppKey("max_sessions", object)
 CONNECTIONS = web.AppKey("connections", set)
+WEBRTC = web.AppKey("webrtc", WebRTCPeers)
+UNAUTHORIZED = "unauthorized: send Authorization: Bearer TOKEN or ?token=TOKEN"
 
 
-def make_app(scheduler: Scheduler, *, token: str | None = None, max_sessions: int | None = None) -> web.Application:
+def make_app(scheduler: Scheduler, *, token: str | None = None, max_sessions: int | None = None,
+             webrtc: WebRTCSettings | None = None) -> web.Application:
     app = web.Application()
     app[SCHEDULER], app[TOKEN], app[MAX_SESSIONS] = scheduler, token, max_sessions
     app[CONNECTIONS] = set()
@@ -47,6 +52,8 @@ def make_app(scheduler: Scheduler, *, token: str | None = None, max_sessions: in
     app.router.add_get("/v1/stats", _stats)
     app.router.add_get("/v1/live", _live)
     app.on_shutdown.append(_close_all)
+    app[WEBRTC] = WebRTCPeers(scheduler, webrtc or WebRTCSettings(), lambda request, avatar: _refusal(app, request, avatar))
+    register(app, app[WEBRTC])
     return app
 
 
@@ -93,7 +100,7 @@ async def _live(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, heartbeat=30)
     await ws.prepare(request)
     if not _authorized(request):
-        await ws.close(code=POLICY, message=b"unauthorized: send Authorization: Bearer TOKEN or ?token=TOKEN")
+        await ws.close(code=POLICY, message=UNAUTHORIZED.encode())
         return ws
     app[CONNECTIONS].add(ws)
     session: Session | None = None
@@ -162,6 +169,19 @@ def _start_problem(app: web.Application, session: Session | None, avatar: str) -
     return None
 
 
+def _refusal(app: web.Application, request: web.Request, avatar: str | None) -> tuple[int, str] | None:
+    """Why a new session (over WebRTC) is refused, as an HTTP status and the
+    message, or None: the WebSocket's checks."""
+    if not _authorized(request):
+        return 401, UNAUTHORIZED
+    if avatar is None:
+        return None
+    problem = _start_problem(app, None, avatar)
+    if problem:
+        return (404 if avatar not in app[SCHEDULER].avatars else 503), problem
+    return None
+
+
 async def _send(ws: web.WebSocketResponse, session: Session, scheduler: Scheduler):
     """A session's frames, each at its due time, and its notices at once."""
     stats, period = session.stats, 1.0 / session.fps
@@ -185,20 +205,8 @@ async def _send(ws: web.WebSocketResponse, session: Session, scheduler: Schedule
                 pass
             continue
         item = session.outbox.popleft()
-        payload = item.payload
-        if item.utterance is not None and item.utterance <= session.flushed_through:  # speech interrupted
-            idle = scheduler.idle_payload(session, item.frame, item.avatar_frame)
-            if idle is not None:
-                payload, item.speech = await asyncio.wrap_future(idle), False
-        await ws.send_bytes(payload)
-        sent = time.monotonic()
-        stats.sent += 1
-        late = sent - item.due
-        stats.lateness.append(late)
-        stats.on_time += late <= period
-        if item.speech:
-            stats.speech_frames += 1
-            stats.latencies.append(sent - item.needed_at)
+        await ws.send_bytes(await session.payload_to_send(item, scheduler.idle_payload))
+        stats.record(item, time.monotonic(), period)
 
 
 async def _close_all(app: web.Application):
@@ -215,10 +223,12 @@ async def _listen(app: web.Application, host: str, port: int) -> tuple[web.AppRu
 
 
 def serve(scheduler: Scheduler, *, host: str, port: int, token: str | None, max_sessions: int | None,
-          ready=None) -> None:
+          ready=None, webrtc: WebRTCSettings | None = None) -> None:
     """Run until interrupted; `ready(url)` is called once the server listens."""
     async def main():
-        runner, url = await _listen(make_app(scheduler, token=token, max_sessions=max_sessions), host, port)
+        settings = webrtc or WebRTCSettings(host=host)
+        runner, url = await _listen(make_app(scheduler, token=token, max_sessions=max_sessions, webrtc=settings),
+                                    host, port)
         if ready:
             ready(url)
         try:
@@ -234,10 +244,11 @@ class LiveServer:
     (and for the tests and the live benchmark): `with LiveServer(scheduler) as url: ...`."""
 
     def __init__(self, scheduler: Scheduler, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
-                 max_sessions: int | None = None):
+                 max_sessions: int | None = None, webrtc: WebRTCSettings | None = None):
         self.scheduler = scheduler
         self._args = (host, port)
-        self._app = make_app(scheduler, token=token, max_sessions=max_sessions)
+        self._app = make_app(scheduler, token=token, max_sessions=max_sessions,
+                             webrtc=webrtc or WebRTCSettings(host=host))
         self._loop = asyncio.new_event_loop()
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None

@@ -91,11 +91,19 @@ class Utterance:
         return self.ended_at if self.ended_at is not None else time.monotonic()
 
 
+@dataclass(frozen=True)
+class FrameParts:
+    """A frame handed over unpacked: the header, the image (yuv420p for WebRTC) and its audio (s16le, 16 kHz)."""
+    header: dict
+    image: np.ndarray
+    audio: bytes
+
+
 @dataclass
 class Outgoing:
     frame: int
     due: float
-    payload: bytes
+    payload: bytes | FrameParts
     speech: bool
     needed_at: float | None = None  # when the speech it needed had arrived
     avatar_frame: int = 0
@@ -111,6 +119,16 @@ class SessionStats:
     # The latest figures (bounded: a session may run for days).
     latencies: deque = field(default_factory=lambda: deque(maxlen=1 << 16))  # speech in -> frame sent, seconds
     lateness: deque = field(default_factory=lambda: deque(maxlen=1 << 16))   # sent after its due time, seconds
+
+    def record(self, item: Outgoing, sent: float, period: float):
+        """A frame went out at `sent` (time.monotonic())."""
+        self.sent += 1
+        late = sent - item.due
+        self.lateness.append(late)
+        self.on_time += late <= period
+        if item.speech:
+            self.speech_frames += 1
+            self.latencies.append(sent - item.needed_at)
 
     def summary(self) -> dict:
         def quantile(values, q):
@@ -184,6 +202,16 @@ class Session:
             self.outbox.popleft()
             self.stats.dropped += 1
         self.wake.set()
+
+    async def payload_to_send(self, item: Outgoing, idle_payload):
+        """What goes out for `item`: its own frame, or, when its utterance was
+        flushed, the idle frame of its slot (`idle_payload`: the scheduler's)."""
+        if item.utterance is not None and item.utterance <= self.flushed_through:  # speech interrupted
+            idle = idle_payload(self, item.frame, item.avatar_frame)
+            if idle is not None:
+                item.speech = False
+                return await asyncio.wrap_future(idle)
+        return item.payload
 
     def notify(self, message: dict):
         self.notices.append(message)
