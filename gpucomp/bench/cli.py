@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="speech each session streams (default 8 s)")
     live.add_argument("--live-batch", type=int_range(1, 256), default=8, help="the server's batch (default 8)")
     live.add_argument("--live-backend", choices=("auto", "cpu", "gpu", "gpu-sim"), default="auto")
+    live.add_argument("--transport", type=_transports, default=["webrtc", "websocket"],
+                      help="the transports to measure, one after the other on the same server: webrtc, websocket "
+                           "or webrtc,websocket (default both)")
+    live.add_argument("--live-idle", type=int_range(0, 1000), default=4,
+                      help="silent sessions of each transport whose server CPU is measured against none "
+                           "(default 4; 0: skip)")
     live.add_argument("--live-width-mult", type=float_range(0, 4), default=0.25,
                       help="the demo UNet's width when --model is not given (default 0.25)")
     return p
@@ -98,6 +104,15 @@ def _session_counts(text: str) -> list[int]:
         return counts(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a list of session counts like 1,2,4,8") from None
+
+
+def _transports(text: str) -> list[str]:
+    from .live import TRANSPORTS
+
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if not names or any(n not in TRANSPORTS for n in names):
+        raise argparse.ArgumentTypeError(f"{text!r}: give webrtc, websocket or webrtc,websocket")
+    return names
 
 
 def _say(message: str):
@@ -293,7 +308,8 @@ def run_live(args) -> str:
     out = writable_output(args.output or default_output("bench-live"))
     _say(f"live benchmark: results go to {out}/")
     section = live.run(data, model, encoder, backend=backend, counts=args.live_sessions or live.default_counts(),
-                       seconds=args.live_seconds, batch=args.live_batch, workers=args.workers, lead=0.2, say=_say)
+                       seconds=args.live_seconds, batch=args.live_batch, workers=args.workers, lead=0.2,
+                       transports=args.transport, idle_sessions=args.live_idle, say=_say)
     text = live.write(section, out, ["python", "-m", "gpucomp.bench", *sys.argv[1:]], info)
     return text + f"\nreports written to {out}\n"
 

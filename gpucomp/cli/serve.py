@@ -32,10 +32,34 @@ def register(sub) -> None:
     p.add_argument("--workers", type=int_range(1, 256), default=4, help="image encoding threads (default 4)")
     p.add_argument("--lead", type=float_range(0, 5), default=0.2,
                    help="seconds before its due time a frame is rendered (default 0.2)")
+    p.add_argument("--ice-server", action="append", type=_ice_server, default=[], metavar="URL",
+                   help="WebRTC: a STUN or TURN server for the peers to use (repeat for more; default none): "
+                        "stun:HOST[:PORT], turn:USER:CREDENTIAL@HOST[:PORT][?transport=udp|tcp]")
+    p.add_argument("--webrtc-bitrate", type=_bitrate, default="2M", metavar="RATE",
+                   help="WebRTC video bits per second for 1280x720, scaled by each avatar's pixel count "
+                        "(default 2M)")
     p.add_argument("--cache-budget", type=size, default=None, help="memory for every avatar's frames (default: what "
                                                                      "is free)")
     p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True, help="gpu: TF32 convolutions")
     p.add_argument("--quiet", action="store_true", help="no progress while loading")
+
+
+def _ice_server(text: str):
+    from ..live.webrtc import IceServer
+
+    try:
+        return IceServer.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _bitrate(text: str) -> int:
+    from ..live.webrtc import parse_bitrate
+
+    try:
+        return parse_bitrate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run(args) -> int:
@@ -45,6 +69,7 @@ def run(args) -> int:
     from ..engine.backends import resolve
     from ..live.scheduler import Scheduler
     from ..live.server import serve
+    from ..live.webrtc import WebRTCSettings
 
     avatars = {}
     for spec in args.avatar:
@@ -68,8 +93,9 @@ def run(args) -> int:
                   f"({engine.describe()}, batch {args.batch}); Ctrl-C stops", flush=True)
 
         try:
+            webrtc = WebRTCSettings(host=args.host, ice_servers=tuple(args.ice_server), bitrate=args.webrtc_bitrate)
             serve(scheduler, host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions,
-                  ready=ready)
+                  ready=ready, webrtc=webrtc)
         except OSError as exc:
             raise GpucompError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc})") from None
         except KeyboardInterrupt:

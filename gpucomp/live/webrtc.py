@@ -36,6 +36,7 @@ from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcicetransport import parse_stun_turn_uri
 from gpucomp_client.webrtc import host_candidate_addresses, ice_addresses, is_loopback, keep_candidates
 
 from .protocol import SAMPLE_RATE, ProtocolError, parse_command
@@ -51,13 +52,56 @@ MAX_OFFER = 64 << 10      # bytes of an offer's JSON
 
 
 @dataclass(frozen=True)
+class IceServer:
+    """A STUN or TURN server: stun:HOST[:PORT], turn:[USER:CREDENTIAL@]HOST[:PORT][?transport=udp|tcp], turns:..."""
+    url: str
+    username: str | None = None
+    credential: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "IceServer":
+        scheme, sep, rest = text.partition(":")
+        username = credential = None
+        if "@" in rest:
+            userinfo, rest = rest.rsplit("@", 1)
+            username, _, credential = userinfo.partition(":")
+        url = f"{scheme}{sep}{rest}"
+        try:
+            parse_stun_turn_uri(url)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a STUN or TURN URL (stun:HOST[:PORT], "
+                             "turn:[USER:CREDENTIAL@]HOST[:PORT][?transport=udp|tcp])") from None
+        if scheme != "stun" and (not username or not credential):
+            raise ValueError(f"{text!r}: a TURN server needs USER:CREDENTIAL@ before its host")
+        return cls(url, username, credential)
+
+    def browser(self) -> dict:
+        """As a page's RTCPeerConnection takes it."""
+        return {"urls": self.url} | ({"username": self.username, "credential": self.credential}
+                                     if self.username else {})
+
+
+def parse_bitrate(text: str) -> int:
+    """Bits per second from '2M', '800k', '2500000'."""
+    t = text.strip().lower().removesuffix("bit/s").removesuffix("bps")
+    scale = {"k": 1_000, "m": 1_000_000}.get(t[-1:], 1)
+    try:
+        value = float(t[:-1] if scale > 1 else t) * scale
+    except ValueError:
+        raise ValueError(f"{text!r} is not a bitrate like 2M or 800k") from None
+    if not 50_000 <= value <= 100_000_000:
+        raise ValueError(f"{text!r}: a video bitrate from 50k to 100M bits per second")
+    return int(value)
+
+
+@dataclass(frozen=True)
 class WebRTCSettings:
     """`host`: the address `serve` listens on; ICE host candidates follow it
-    (127.0.0.1 alone on loopback). `ice_servers`: stun:/turn: URLs (none
+    (127.0.0.1 alone on loopback). `ice_servers`: STUN and TURN servers (none
     unless given). `bitrate`: video bits per second at 1280x720, scaled by each
     avatar's pixel count."""
     host: str = "127.0.0.1"
-    ice_servers: tuple[str, ...] = ()
+    ice_servers: tuple[IceServer, ...] = ()
     bitrate: int = 2_000_000
     connect_seconds: float = CONNECT_SECONDS
 
@@ -137,6 +181,10 @@ class WebRTCPeers:
             return _error(400, f"the offer cannot be answered ({str(exc).splitlines()[0][:200] or type(exc).__name__})")
         return web.json_response({**answer, "session": peer.session.id, "video_codec": peer.codec})
 
+    async def configuration(self, request: web.Request) -> web.Response:
+        """GET /v1/webrtc: what a page's RTCPeerConnection needs (the --ice-server list)."""
+        return web.json_response({"iceServers": [s.browser() for s in self.settings.ice_servers]})
+
     async def close_all(self):
         await asyncio.gather(*(peer.close() for peer in list(self.peers)), return_exceptions=True)
 
@@ -154,8 +202,8 @@ class _Peer:
     def __init__(self, peers: WebRTCPeers, session: Session, avatar: str):
         self.peers, self.session, self.avatar = peers, session, avatar
         self.scheduler = peers.scheduler
-        self.pc = RTCPeerConnection(RTCConfiguration(
-            iceServers=[RTCIceServer(url) for url in peers.settings.ice_servers]))
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[
+            RTCIceServer(s.url, s.username, s.credential) for s in peers.settings.ice_servers]))
         self.video, self.audio = PacketTrack("video"), PacketTrack("audio")
         self.control = None
         self.codec: str | None = None
@@ -353,8 +401,9 @@ def _sent_codec(answer_sdp: str) -> str | None:
 
 
 def register(app: web.Application, peers: WebRTCPeers):
-    """POST /v1/webrtc on `app`; every peer closed on shutdown."""
+    """POST /v1/webrtc (and GET: the ICE servers for a page) on `app`; every peer closed on shutdown."""
     app.router.add_post("/v1/webrtc", peers.offer)
+    app.router.add_get("/v1/webrtc", peers.configuration)
 
     async def close(app):
         await peers.close_all()
