@@ -50,10 +50,32 @@ def demo():
                                  encoder=demo_audio_encoder(quiet=True))
 
 
+def odd_sized_avatar(folder: Path) -> Path:
+    """A 4-frame 641x360 avatar (4:4:4 video: odd sizes are fine there), prepared as a user would."""
+    import av
+
+    from .conftest import run_cli
+
+    folder.mkdir(parents=True)
+    with av.open(str(folder / "odd.mp4"), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 641, 360, "yuv444p"
+        for k in range(4):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.full((360, 641, 3), 60 + 20 * k, np.uint8),
+                                                             format="bgr24")))
+        out.mux(stream.encode())
+    (folder / "rects.json").write_text(json.dumps([[250, 100, 350, 200]] * 4))
+    done = run_cli("prepare", "--video", folder / "odd.mp4", "--rects", folder / "rects.json", "--output",
+                   folder / "avatar", "--quiet")
+    assert done.returncode == 0, done.stderr
+    return folder / "avatar"
+
+
 @pytest.fixture(scope="module")
-def live(demo):
+def live(demo, tmp_path_factory):
+    odd = odd_sized_avatar(tmp_path_factory.mktemp("odd") / "odd")
     engine = gpucomp.Engine(demo.model, backend="cpu", audio_encoder=demo.encoder, batch=BATCH)
-    avatars = {"demo": engine.load_avatar(demo.dataset)}
+    avatars = {"demo": engine.load_avatar(demo.dataset), "odd": engine.load_avatar(odd)}
     # Nothing is dropped however loaded the machine: these tests are about what the frames are.
     scheduler = Scheduler(engine, avatars, max_delay=600)
     scheduler.start()
@@ -356,6 +378,7 @@ def test_refusals_leave_nothing_allocated(live):
                 "no type": await _post(live.url, {"sdp": sdp, "avatar": "demo"}),
                 "bad sdp": await _post(live.url, {"sdp": "v=0\r\nnonsense", "type": "offer", "avatar": "demo"}),
                 "no data channel": await _post(live.url, {"sdp": no_channel, "type": "offer", "avatar": "demo"}),
+                "odd size": await _post(live.url, {"sdp": sdp, "type": "offer", "avatar": "odd"}),
             }
             after = _allocated(live)
         finally:
@@ -366,10 +389,11 @@ def test_refusals_leave_nothing_allocated(live):
     before, after, results = run(refusals())
     assert before == after == (0, 0)
     assert results["unknown avatar"][0] == 404 and "unknown avatar 'nobody'" in results["unknown avatar"][1]["error"]
-    for name in ("bad json", "no type", "bad sdp", "no data channel"):
+    for name in ("bad json", "no type", "bad sdp", "no data channel", "odd size"):
         status, body = results[name]
         assert status == 400 and set(body) == {"error"} and "\n" not in body["error"], (name, body)
     assert "data channel" in results["no data channel"][1]["error"]
+    assert "641x360" in results["odd size"][1]["error"] and "even" in results["odd size"][1]["error"]
 
 
 def test_token_and_full_server_are_refused(live):
