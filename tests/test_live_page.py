@@ -44,44 +44,46 @@ def speech_wav(path: Path, seconds: float) -> Path:
     return path
 
 
-def _browser(p, wav: Path):
-    return p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-        "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={wav}", "--autoplay-policy=no-user-gesture-required",
-        "--no-sandbox"])
-
-
-def _needs_chromium():
+def _drive(page_server: str, tmp_path: Path, query: str, ready: str, shot: str, probe: str = "null"):
+    """Open the page with a wav as the microphone, wait (within a bound) until
+    `ready(window.gpucompStats)` holds, screenshot it; (stats, page errors,
+    probe's value, the screenshot's bytes)."""
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (apt-get install chromium; .ci/run installs it)")
-    return pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the test extra)")
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the test extra)")
+    wav = speech_wav(tmp_path / "speech.wav", 4.0)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={wav}", "--autoplay-policy=no-user-gesture-required",
+            "--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            errors = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"{page_server}/?{query}")
+            page.wait_for_function(f"(s => s && ({ready}))(window.gpucompStats)", timeout=60_000)
+            stats = page.evaluate("window.gpucompStats")
+            probed = page.evaluate(probe)
+            page.screenshot(path=str(tmp_path / shot))
+        finally:
+            browser.close()
+    picture = (tmp_path / shot).read_bytes()
+    assert picture.startswith(b"\x89PNG") and len(picture) > 50_000  # the avatar shown, not an empty page
+    return stats, errors, probed
 
 
 @pytest.mark.slow
 def test_the_page_over_webrtc_plays_the_avatar_in_a_video_element(page_server, tmp_path):
     """The default: a <video> of the avatar's size, decoded frames for all the
     speech, its sound received, the utterance told on `control`."""
-    playwright = _needs_chromium()
-    wav = speech_wav(tmp_path / "speech.wav", 4.0)
     seconds = 3
-    with playwright.sync_playwright() as p:
-        browser = _browser(p, wav)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            errors = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(f"{page_server}/?autostart=mic&avatar=anna&seconds={seconds}")
-            # Everything asserted below is waited for, within a bound.
-            page.wait_for_function(
-                "(s => s && s.utterances.length >= 1 && s.speechFrames >= s.utterances[0].frames && "
-                "s.framesDecoded >= s.speechFrames + 10 && s.audioBytesReceived > 0 && s.videoWidth > 0)"
-                "(window.gpucompStats)", timeout=60_000)
-            stats = page.evaluate("window.gpucompStats")
-            playing = page.evaluate("(v => !v.paused && v.readyState >= 2 && v.currentTime > 0)"
-                                    "(document.getElementById('video'))")
-            page.screenshot(path=str(tmp_path / "live-page-webrtc.png"))
-        finally:
-            browser.close()
+    stats, errors, playing = _drive(
+        page_server, tmp_path, f"autostart=mic&avatar=anna&seconds={seconds}",
+        "s.utterances.length >= 1 && s.speechFrames >= s.utterances[0].frames && "
+        "s.framesDecoded >= s.speechFrames + 10 && s.audioBytesReceived > 0 && s.videoWidth > 0",
+        "live-page-webrtc.png",
+        "(v => !v.paused && v.readyState >= 2 && v.currentTime > 0)(document.getElementById('video'))")
     assert not errors and not stats["errors"], (errors, stats["errors"])
     assert stats["transport"] == "webrtc" and stats["codec"] == "H264" and stats["session"]
     assert (stats["videoWidth"], stats["videoHeight"]) == (1280, 720) and playing
@@ -89,33 +91,16 @@ def test_the_page_over_webrtc_plays_the_avatar_in_a_video_element(page_server, t
     # The microphone's speech (Opus, 48 kHz, back to 16 kHz): about the seconds spoken, as frames.
     assert utterance["frames"] >= 0.8 * seconds * 25, utterance
     assert stats["framesDecoded"] >= utterance["frames"] and stats["audioBytesReceived"] > 0
-    shot = (tmp_path / "live-page-webrtc.png").read_bytes()
-    assert shot.startswith(b"\x89PNG") and len(shot) > 50_000  # the video shown, not an empty page
 
 
 @pytest.mark.slow
 def test_the_page_over_the_websocket_speaks_and_plays_the_frames(page_server, tmp_path):
-    playwright = _needs_chromium()
-    wav = speech_wav(tmp_path / "speech.wav", 4.0)
-    with playwright.sync_playwright() as p:
-        browser = _browser(p, wav)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            errors = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(f"{page_server}/?autostart=mic&avatar=anna&seconds=3&transport=websocket")
-            # Everything asserted below is waited for (drawing lags receiving by
-            # however long the machine takes to paint), within a bound.
-            page.wait_for_function("(s => s && s.speechFramesDrawn >= 10 && s.audioSecondsPlayed >= 1 && "
-                                   "s.framesReceived >= 25 && s.framesDrawn >= 25)(window.gpucompStats)",
-                                   timeout=60_000)
-            stats = page.evaluate("window.gpucompStats")
-            page.screenshot(path=str(tmp_path / "live-page.png"))
-        finally:
-            browser.close()
+    # Drawing lags receiving by however long the machine takes to paint: every count is waited for.
+    stats, errors, _ = _drive(
+        page_server, tmp_path, "autostart=mic&avatar=anna&seconds=3&transport=websocket",
+        "s.speechFramesDrawn >= 10 && s.audioSecondsPlayed >= 1 && s.framesReceived >= 25 && s.framesDrawn >= 25",
+        "live-page.png")
     assert not errors and not stats["errors"], (errors, stats["errors"])
     assert stats["session"] and stats["framesReceived"] >= 25 and stats["framesDrawn"] >= 25
     assert stats["speechFrames"] >= 10 and stats["latencyMs"], stats
     assert stats["audioSecondsPlayed"] >= 1.0
-    shot = (tmp_path / "live-page.png").read_bytes()
-    assert shot.startswith(b"\x89PNG") and len(shot) > 50_000  # the frame drawn, not an empty page

@@ -15,7 +15,6 @@ import textwrap
 import threading
 import time
 import types
-import wave
 from pathlib import Path
 
 import aiohttp
@@ -30,6 +29,8 @@ from gpucomp.live.protocol import audio_span
 from gpucomp.live.scheduler import Scheduler
 from gpucomp.live.server import WEBRTC, LiveServer
 from gpucomp.live.webrtc_media import MediaEncoder
+
+from .test_live import offline_features
 
 pytestmark = pytest.mark.slow  # a server, peer connections and real-time sessions: seconds each
 
@@ -101,16 +102,6 @@ def speech_pcm(seconds: float, seed: int = 0) -> np.ndarray:
     return np.round(np.clip(samples, -1, 1) * 32767).astype("<i2")
 
 
-def offline_features(live, pcm: np.ndarray, tmp_path: Path) -> np.ndarray:
-    path = tmp_path / f"speech-{len(pcm)}.wav"
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes(pcm.tobytes())
-    return live.reference.features(path, fps=FPS)
-
-
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return 10 * np.log10(255.0**2 / max(mse, 1e-12))
@@ -156,7 +147,7 @@ def test_frames_pictures_and_sound_over_webrtc(live, tmp_path):
         return client
 
     client = run(session())
-    features = offline_features(live, pcm, tmp_path)
+    features = offline_features(live, pcm, tmp_path, FPS)
     rows = len(features)
     assert client.started["width"] == 1280 and client.started["height"] == 720
     assert client.answer["video_codec"] == "H264" and client.started["video_codec"] == "H264"
@@ -172,14 +163,20 @@ def test_frames_pictures_and_sound_over_webrtc(live, tmp_path):
     video = {v.frame: v for v in client.video}
     assert client.video[0].pts == 0 and client.video[0].key_frame and client.audio[0].pts == 0
     assert all(v.pts == v.frame * 3600 for v in client.video)
-    assert sorted(video) == list(range(len(video)))  # nothing lost on loopback
+    numbers = [v.frame for v in client.video]
+    assert numbers == sorted(set(numbers))  # in order, each once
     assert all(a.pts % 960 == 0 for a in client.audio)
+    # UDP on a loaded machine may lose a packet (video is retransmitted on NACK, sound is not):
+    # what arrived is checked, and nearly everything must arrive.
+    assert len(video) >= 0.9 * (numbers[-1] + 1)
 
     # Pictures: the decoded speech frames against the exact frames of the same rows.
+    shown = [h for h in speech if h["frame"] in video]
+    assert len(shown) >= 0.9 * rows
     requests = [gpucomp.FrameRequest(live.avatar, h["avatar_frame"], gpucomp.audio_window(features, h["row"]))
-                for h in speech]
+                for h in shown]
     exact = live.reference.composite(requests)
-    quality = [psnr(video[h["frame"]].image, want) for h, want in zip(speech, exact)]
+    quality = [psnr(video[h["frame"]].image, want) for h, want in zip(shown, exact)]
     assert np.mean(quality) >= MIN_PSNR, quality
 
     # Sound: each frame's 1/25 s of the stream, back at 16 kHz, against the speech it carried,
@@ -194,12 +191,16 @@ def test_frames_pictures_and_sound_over_webrtc(live, tmp_path):
     score = [np.dot(heard16[start + lag : start + lag + len(said)], said) for lag in lags]
     lag = int(np.argmax(score))
     assert lag < 320  # under 20 ms: Opus's look-ahead and resampling, not a frame
+    heard = np.zeros(len(sound), bool)  # which 48 kHz samples arrived
+    for piece in client.audio:
+        heard[piece.pts : piece.pts + len(piece.samples)] = True
     correlations = []
     for h in speech:
         a, b = audio_span(h["row"], FPS)
-        got = heard16[audio_span(h["frame"], FPS)[0] + lag :][: b - a]
+        at = audio_span(h["frame"], FPS)[0] + lag
+        got = heard16[at:][: b - a]
         want = said[a:b]
-        if np.std(want) > 300:  # frames with speech in them (not the pauses)
+        if np.std(want) > 300 and heard[3 * at : 3 * (at + b - a)].all():  # speech in it, and it all arrived
             correlations.append(np.corrcoef(got, want)[0, 1])
     assert len(correlations) >= rows // 2 and np.median(correlations) >= MIN_CORRELATION, correlations
     idle = [h for h in client.frames if h["row"] is None and h["frame"] > speech[-1]["frame"] + 2]

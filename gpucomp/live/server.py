@@ -192,19 +192,9 @@ async def _send(ws: web.WebSocketResponse, session: Session, scheduler: Schedule
             if notice["type"] == "error":
                 await ws.close(code=POLICY, message=notice["message"][:120].encode())
                 return
-        if not session.outbox:
-            session.wake.clear()
-            await session.wake.wait()
+        item = await session.next_to_send()
+        if item is None:  # a notice first
             continue
-        wait = session.outbox[0].due - time.monotonic()
-        if wait > 0:
-            session.wake.clear()
-            try:  # a notice may come meanwhile
-                await asyncio.wait_for(session.wake.wait(), timeout=wait)
-            except asyncio.TimeoutError:
-                pass
-            continue
-        item = session.outbox.popleft()
         await ws.send_bytes(await session.payload_to_send(item, scheduler.idle_payload))
         stats.record(item, time.monotonic(), period)
 

@@ -203,6 +203,20 @@ class Session:
             self.stats.dropped += 1
         self.wake.set()
 
+    async def next_to_send(self, ahead: float = 0.0) -> Outgoing | None:
+        """The next frame once `ahead` seconds before its due time have come, or
+        None as soon as a notice waits (the caller sends the notices and asks again)."""
+        while not self.notices:
+            wait = self.outbox[0].due - ahead - time.monotonic() if self.outbox else None
+            if wait is not None and wait <= 0:
+                return self.outbox.popleft()
+            self.wake.clear()
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout=wait)
+            except asyncio.TimeoutError:
+                pass
+        return None
+
     async def payload_to_send(self, item: Outgoing, idle_payload):
         """What goes out for `item`: its own frame, or, when its utterance was
         flushed, the idle frame of its slot (`idle_payload`: the scheduler's)."""

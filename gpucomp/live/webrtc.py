@@ -47,7 +47,6 @@ from .webrtc_media import AUDIO_RATE, VIDEO_CODECS, MediaEncoder, PacketTrack, v
 log = logging.getLogger("gpucomp.live")
 FORMAT = "yuv420p"        # what the scheduler hands WebRTC sessions: frames for the video encoder
 CONNECT_SECONDS = 10.0    # from the answer to a connected peer with `control` open
-ENCODE_AHEAD = 0.1        # seconds before its due time a frame is encoded (a flush replaces later ones)
 MAX_OFFER = 64 << 10      # bytes of an offer's JSON
 
 
@@ -354,7 +353,8 @@ class _Peer:
 
     async def _pump(self):
         """The session's frames in order: each header on control, its picture and
-        sound encoded `ENCODE_AHEAD` before its due time and queued on the tracks,
+        sound encoded as soon as it is rendered (`lead` before its due time at the
+        most, so encoding has that long) and queued on the tracks,
         which send them at that time; notices as they come."""
         session, loop = self.session, asyncio.get_running_loop()
         period = 1.0 / session.fps
@@ -365,19 +365,9 @@ class _Peer:
                 if notice["type"] == "error":
                     self._spawn(self._close_soon())
                     return
-            if not session.outbox:
-                session.wake.clear()
-                await session.wake.wait()
+            item = await session.next_to_send(self.scheduler.lead)
+            if item is None:  # a notice first
                 continue
-            wait = session.outbox[0].due - ENCODE_AHEAD - time.monotonic()
-            if wait > 0:
-                session.wake.clear()
-                try:  # a notice may come meanwhile
-                    await asyncio.wait_for(session.wake.wait(), timeout=wait)
-                except asyncio.TimeoutError:
-                    pass
-                continue
-            item = session.outbox.popleft()
             parts = await session.payload_to_send(item, self.scheduler.idle_payload)
             self._send_text({"type": "frame", **parts.header})
             keyframe, self._keyframe = self._keyframe, False

@@ -155,6 +155,7 @@ class WebRTCClient:
         self.control = None
         self.closed = False
         self._tasks: list[asyncio.Task] = []
+        self._pictures: dict[int, VideoFrame] = {}  # kept before their header said whether to keep them
         self._arrived = asyncio.Event()
         self._fps = None
 
@@ -212,6 +213,9 @@ class WebRTCClient:
             data["received"] = time.monotonic()
             if data.get("type") == "frame":
                 self.frames.append(data)
+                kept = self._pictures.pop(data["frame"], None)  # decoded before its header came
+                if kept is not None and data["row"] is None:
+                    kept.image = None
             else:
                 if data.get("type") == "started":
                     self.started, self._fps = data, data["fps"]
@@ -233,18 +237,26 @@ class WebRTCClient:
                 now = time.monotonic()
                 if track.kind == "video":
                     n = round(decoded.pts * self._fps / 90000) if self._fps else None
-                    keep = self.images == "all" or (self.images == "speech" and self._is_speech(n))
-                    image = decoded.to_ndarray(format="bgr24") if keep else None
-                    self.video.append(VideoFrame(n, decoded.pts, decoded.key_frame, now, image))
+                    speech = self._is_speech(n)  # None: its header has not come yet
+                    keep = self.images == "all" or (self.images == "speech" and speech is not False)
+                    frame = VideoFrame(n, decoded.pts, decoded.key_frame, now,
+                                       decoded.to_ndarray(format="bgr24") if keep else None)
+                    if keep and speech is None:
+                        self._pictures[n] = frame
+                    self.video.append(frame)
                 else:
                     self.audio.append(AudioFrame(decoded.pts, decoded.to_ndarray().reshape(-1)[:: len(decoded.layout.channels)].copy(), now))
                 self._arrived.set()
         except MediaStreamError:
             pass
 
-    def _is_speech(self, n) -> bool:
-        # The header goes on control before its frame's picture.
-        return any(h["frame"] == n and h["row"] is not None for h in reversed(self.frames[-64:]))
+    def _is_speech(self, n) -> bool | None:
+        """Whether frame n has a row, from its header (sent before its picture,
+        but a loaded client may decode the picture first: None)."""
+        for h in reversed(self.frames[-64:]):
+            if h["frame"] == n:
+                return h["row"] is not None
+        return None
 
     async def send(self, message: dict):
         self.control.send(json.dumps(message))
