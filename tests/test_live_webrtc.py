@@ -380,6 +380,8 @@ def test_refusals_leave_nothing_allocated(live):
                 "bad sdp": await _post(live.url, {"sdp": "v=0\r\nnonsense", "type": "offer", "avatar": "demo"}),
                 "no data channel": await _post(live.url, {"sdp": no_channel, "type": "offer", "avatar": "demo"}),
                 "odd size": await _post(live.url, {"sdp": sdp, "type": "offer", "avatar": "odd"}),
+                "too large": await _post(live.url, {"sdp": sdp + "a=x\r\n" * 20000, "type": "offer",
+                                                    "avatar": "demo"}),
             }
             after = _allocated(live)
         finally:
@@ -390,7 +392,7 @@ def test_refusals_leave_nothing_allocated(live):
     before, after, results = run(refusals())
     assert before == after == (0, 0)
     assert results["unknown avatar"][0] == 404 and "unknown avatar 'nobody'" in results["unknown avatar"][1]["error"]
-    for name in ("bad json", "no type", "bad sdp", "no data channel", "odd size"):
+    for name in ("bad json", "no type", "bad sdp", "no data channel", "odd size", "too large"):
         status, body = results[name]
         assert status == 400 and set(body) == {"error"} and "\n" not in body["error"], (name, body)
     assert "data channel" in results["no data channel"][1]["error"]

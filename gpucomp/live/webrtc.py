@@ -151,8 +151,9 @@ class WebRTCPeers:
 
     async def offer(self, request: web.Request) -> web.Response:
         """POST /v1/webrtc."""
+        raw = await request.read()  # aiohttp refuses bodies over its client_max_size (1 MiB) with 413
         try:
-            body = json.loads(await request.content.read(MAX_OFFER + 1) or b"null")
+            body = json.loads(raw) if len(raw) <= MAX_OFFER else None
         except (ValueError, UnicodeDecodeError):
             body = None
         avatar = body.get("avatar") if isinstance(body, dict) else None
@@ -161,15 +162,16 @@ class WebRTCPeers:
             return _error(*refused)
         if not isinstance(body, dict) or not isinstance(body.get("sdp"), str) or body.get("type") != "offer" \
                 or not isinstance(avatar, str):
-            return _error(400, 'send JSON {"sdp": OFFER_SDP, "type": "offer", "avatar": NAME}')
+            return _error(400, 'send JSON {"sdp": OFFER_SDP, "type": "offer", "avatar": NAME} '
+                               f"of at most {MAX_OFFER >> 10} KiB")
         if refused:
             return _error(*refused)
         problem = _offer_problem(body["sdp"])
         if problem:
             return _error(400, problem)
-        avatar_ = self.scheduler.avatars[avatar]
-        if avatar_.width % 2 or avatar_.height % 2:
-            return _error(400, f"avatar {avatar!r} is {avatar_.width}x{avatar_.height}: WebRTC's 4:2:0 video needs "
+        size = self.scheduler.avatars[avatar]
+        if size.width % 2 or size.height % 2:
+            return _error(400, f"avatar {avatar!r} is {size.width}x{size.height}: WebRTC's 4:2:0 video needs "
                                "even sizes (its WebSocket stream has none of this limit)")
         peer = _Peer(self, self.scheduler.open(avatar, FORMAT, asyncio.get_running_loop(), deferred=True), avatar)
         self.peers.add(peer)
@@ -177,7 +179,8 @@ class WebRTCPeers:
             answer = await peer.answer(keep_candidates(body["sdp"], self._allowed_remote))
         except Exception as exc:  # noqa: BLE001 - aiortc's refusals come as several types
             await peer.close()
-            return _error(400, f"the offer cannot be answered ({str(exc).splitlines()[0][:200] or type(exc).__name__})")
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+            return _error(400, f"the offer cannot be answered ({reason})")
         return web.json_response({**answer, "session": peer.session.id, "video_codec": peer.codec})
 
     async def configuration(self, request: web.Request) -> web.Response:
