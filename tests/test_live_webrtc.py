@@ -180,17 +180,21 @@ def test_frames_pictures_and_sound_over_webrtc(live, tmp_path):
     assert np.mean(quality) >= MIN_PSNR, quality
 
     # Sound: each frame's 1/25 s of the stream, back at 16 kHz, against the speech it carried,
-    # after the codec's constant delay (found over the whole utterance, at most one 20 ms packet).
+    # after the codec's constant delay (found over the whole stream, under one 20 ms packet).
     sound = received_sound(client)
-    first = speech[0]["frame"]
     said = np.zeros(audio_span(rows - 1, FPS)[1], np.float64)
     said[: min(len(pcm), len(said))] = pcm[: len(said)]
     heard16 = cv2.resize(sound.reshape(1, -1), (len(sound) // 3, 1), interpolation=cv2.INTER_AREA).reshape(-1)
-    start = audio_span(first, FPS)[0]
-    lags = range(0, 320)
-    score = [np.dot(heard16[start + lag : start + lag + len(said)], said) for lag in lags]
+    # What the stream should carry: each speech frame's slice at its frame's place (a row that
+    # was not ready in time leaves an idle frame, and silence, between two rows).
+    carried = np.zeros(len(heard16), np.float64)
+    for h in speech:
+        a, b = audio_span(h["row"], FPS)
+        at = audio_span(h["frame"], FPS)[0]
+        carried[at : at + b - a] = said[a:b][: max(0, len(carried) - at)]
+    score = [np.dot(heard16[lag:], carried[: len(carried) - lag]) for lag in range(0, 320)]
     lag = int(np.argmax(score))
-    assert lag < 320  # under 20 ms: Opus's look-ahead and resampling, not a frame
+    assert 0 < lag < 319  # a true peak inside 20 ms: Opus's look-ahead and resampling, not a frame
     heard = np.zeros(len(sound), bool)  # which 48 kHz samples arrived
     for piece in client.audio:
         heard[piece.pts : piece.pts + len(piece.samples)] = True
