@@ -15,9 +15,10 @@ launch for frames of many sessions and avatars), as soon as a batch is full
 or the earliest is due within half the lead, and hands the frames to encoder
 threads (JPEG or PNG for the WebSocket; for WebRTC, only the conversion to
 yuv420p, the video encoder's input: its transport encodes each session's
-stream in order). Finished frames go back to each session in frame order. A session's queue drops frames that are more than a second behind
-(counted), and a client that stops reading gets idle frames instead of
-rendered ones, so it never holds up the others.
+stream in order). Finished frames go back to each session in frame order. A
+session's queue drops frames that are more than a second behind (counted),
+and a client that stops reading gets idle frames instead of rendered ones, so
+it never holds up the others.
 """
 
 from __future__ import annotations
