@@ -1,11 +1,12 @@
 """The live page in headless Chromium, over WebRTC (its default) and over the
 WebSocket: the microphone is Chromium's fake capture device playing a wav of
 speech; the page connects, speaks, and must receive the avatar saying it and
-show it with its sound. A screenshot of each is kept (in the test's tmp_path,
-which pytest keeps for the last runs)."""
+show it with its sound. A screenshot of each is kept in test-artefacts/ (or
+$GPUCOMP_TEST_ARTEFACTS)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import wave
 from pathlib import Path
@@ -18,6 +19,7 @@ from gpucomp.live.scheduler import Scheduler
 from gpucomp.live.server import LiveServer
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTEFACTS = Path(os.environ.get("GPUCOMP_TEST_ARTEFACTS") or Path(__file__).resolve().parents[1] / "test-artefacts")
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +72,8 @@ def _drive(page_server: str, tmp_path: Path, query: str, ready: str, shot: str, 
             browser.close()
     picture = (tmp_path / shot).read_bytes()
     assert picture.startswith(b"\x89PNG") and len(picture) > 50_000  # the avatar shown, not an empty page
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTEFACTS / shot).write_bytes(picture)
     return stats, errors, probed
 
 
