@@ -93,13 +93,10 @@ class _Speaker:
         return self.client.started["session"]
 
     async def send_speech(self, data: bytes):
-        if self.transport == "websocket":
-            await self.client._ws.send_bytes(data)
-        else:
-            self.client.control.send(data)
+        await self.client.send_audio(data)
 
-    async def send(self, message: dict):
-        await self.client.send(message)
+    async def end(self):
+        await self.client.end()
 
     def arrived(self) -> list[tuple[dict, float]]:
         """(header, arrival) of every frame received: the WebSocket's messages, or the
@@ -130,7 +127,7 @@ async def _speaker(url: str, transport: str, pcm: np.ndarray, seed: int, seconds
             await client.send_speech(pcm[at : at + chunk].tobytes())
             at = min(len(pcm), at + chunk)
             sent.append((at, time.monotonic()))
-        await client.send({"type": "end"})
+        await client.end()
         await asyncio.sleep(seconds_after)
         session = client.session
         stats = _get(url + "/v1/stats")

@@ -38,7 +38,7 @@ import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from .protocol import SAMPLE_RATE
+from .client import LiveClient
 
 MAX_CHUNK = 16384  # bytes of one data-channel message: what every WebRTC stack takes
 
@@ -261,19 +261,22 @@ class WebRTCClient:
     async def send(self, message: dict):
         self.control.send(json.dumps(message))
 
-    async def speak(self, pcm: np.ndarray, *, chunk_samples: int = 320, realtime: bool = True, end: bool = True):
-        """Send s16le samples on `control` in chunks, paced in real time or all at once, then `end`."""
-        data = np.asarray(pcm, dtype="<i2")
-        chunk_samples = min(chunk_samples, MAX_CHUNK // 2)
-        start = time.monotonic()
-        for lo in range(0, len(data), chunk_samples):
-            if realtime:
-                delay = start + lo / SAMPLE_RATE - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            self.control.send(data[lo : lo + chunk_samples].tobytes())
-        if end:
-            await self.send({"type": "end"})
+    async def send_audio(self, pcm):
+        """Speech on `control`: s16le mono samples at 16 kHz (an int16 array or bytes)."""
+        data = pcm.astype("<i2", copy=False).tobytes() if isinstance(pcm, np.ndarray) else bytes(pcm)
+        for lo in range(0, len(data), MAX_CHUNK):
+            self.control.send(data[lo : lo + MAX_CHUNK])
+
+    async def end(self):
+        """The utterance is complete: its last frames can be rendered."""
+        await self.send({"type": "end"})
+
+    async def flush(self):
+        """Barge-in: the server drops the speech not yet shown and returns to idle."""
+        await self.send({"type": "flush"})
+
+    # Paced like the WebSocket client's (real time or all at once, then `end`), through send_audio.
+    speak = LiveClient.speak
 
     async def wait_for(self, done, timeout: float = 60.0):
         """Until done(self) is true (checked as things arrive), or a TimeoutError."""
