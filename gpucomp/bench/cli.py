@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int_range(1, 10**6),
                    help="frames per run (default 24; with --full the whole dataset)")
     p.add_argument("--batch", type=int_range(1, 256), default=4)
-    p.add_argument("--workers", type=int_range(1, 256), default=4)
+    p.add_argument("--workers", type=int_range(1, 256), default=None,
+                   help="encoder threads (default: one per core where a GPU is usable, else 4)")
     p.add_argument("--backends", type=_backends, default=["seed", "cpu", "gpu"],
                    help="comma-separated, from seed,cpu,gpu,gpu-sim (default seed,cpu,gpu)")
     p.add_argument("--format", choices=("png", "jpg"), default="png")
@@ -144,6 +145,13 @@ def writable_output(out: Path) -> Path:
     return out
 
 
+def default_workers(gpu_usable: bool) -> int:
+    """Encoder threads when --workers is not given: with a GPU the CPU encoders
+    are the limit (PNG takes a core for a few hundred frames a second), so
+    one per core; without one, 4."""
+    return max(1, os.cpu_count() or 1) if gpu_usable else 4
+
+
 def run(args) -> dict:
     from ..cli.demo import demo_dataset, demo_model, echo_model_path
     from ..core.telemetry import NvmlSampler, nvml_unavailable_reason
@@ -158,6 +166,8 @@ def run(args) -> dict:
     dataset = Dataset.open(data)
     indices = dataset.select(0, args.frames)
     gpu_reason = unavailable_reason("gpu")
+    if args.workers is None:
+        args.workers = default_workers(gpu_reason is None)
     nvml_reason = nvml_unavailable_reason()
     sampler = NvmlSampler().start() if nvml_reason is None else None
     clock = sampler.now if sampler else (lambda t0=time.perf_counter(): time.perf_counter() - t0)
@@ -299,6 +309,8 @@ def run_live(args) -> str:
     backend, notice = resolve(args.live_backend)
     if notice:
         _say(f"note: {notice}")
+    if args.workers is None:
+        args.workers = default_workers(backend == "gpu")
     gpu_info = None
     if nvml_unavailable_reason() is None:
         sampler = NvmlSampler()

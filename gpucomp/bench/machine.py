@@ -6,11 +6,15 @@ import os
 import platform
 import socket
 from importlib import metadata
+from pathlib import Path
 
 from ..core.resources import total_memory
 
-PACKAGES = ("gpucomp", "numpy", "opencv-python-headless", "onnxruntime-gpu", "onnxruntime", "onnx", "cupy-cuda13x",
-            "nvidia-ml-py", "av", "isal", "tqdm", "matplotlib", "aiohttp", "ray")
+# Distributions by name; ONNX Runtime is reported as the module imported (onnxruntime_module):
+# two of its builds can be installed at once (the device image's CPU build under
+# onnxruntime-gpu on PYTHONPATH), and their distribution names say nothing of which one runs.
+PACKAGES = ("gpucomp", "numpy", "opencv-python-headless", "onnx", "cupy-cuda13x", "nvidia-ml-py", "av", "isal",
+            "tqdm", "matplotlib", "aiohttp", "ray")
 
 
 def cpu_model() -> str:
@@ -24,6 +28,23 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def onnxruntime_module() -> str:
+    """The onnxruntime actually imported: its version, the distribution that
+    installed that very file (onnxruntime-gpu or onnxruntime), and the file."""
+    try:
+        import onnxruntime
+    except Exception as exc:  # not installed, or a library missing underneath
+        return f"cannot be imported ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})"
+    where = Path(onnxruntime.__file__).resolve().parent
+    owner = "distribution unknown"
+    for dist in metadata.distributions():
+        init = next((f for f in dist.files or () if str(f) == "onnxruntime/__init__.py"), None)
+        if init is not None and Path(dist.locate_file(init)).resolve().parent == where:
+            owner = dist.metadata["Name"]
+            break
+    return f"{onnxruntime.__version__} ({owner}, {where})"
+
+
 def versions() -> dict[str, str]:
     found = {"python": platform.python_version()}
     for name in PACKAGES:
@@ -31,6 +52,7 @@ def versions() -> dict[str, str]:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
+    found["onnxruntime_module"] = onnxruntime_module()
     try:
         import cupy
 

@@ -10,7 +10,28 @@ from pathlib import Path
 from textwrap import fill
 
 SCHEMA = "gpucomp.bench/1"
-STAGES = ("inference", "composite", "save")
+STAGES = ("inference", "composite", "copy", "save")
+ENGINE_BACKENDS = ("gpu", "gpu-sim")
+
+
+def bounding_stage(backend: str, stages_ms: dict, workers: int) -> dict | None:
+    """Which stage bounds a run, from its busy time per frame: the one whose
+    frames take longest once the stages that run side by side are set apart.
+    On the GPU engine the model and the composite kernel share one stream
+    ("inference"), the copy engine moves finished frames alone ("copy"), and
+    `workers` threads encode ("encoding": save time over the workers); on the
+    cpu backend one thread infers and the workers composite and encode. None
+    for the seed backend, which runs its stages one after another."""
+    if backend == "seed":
+        return None
+    ms = lambda stage: stages_ms.get(stage, 0.0)  # noqa: E731
+    if backend in ENGINE_BACKENDS:
+        candidates = {"inference": ms("inference") + ms("composite"), "copy": ms("copy"),
+                      "encoding": ms("save") / workers}
+    else:
+        candidates = {"inference": ms("inference"), "encoding": (ms("composite") + ms("save")) / workers}
+    stage = max(candidates, key=candidates.get)
+    return {"stage": stage, "ms_per_frame": candidates[stage], "ms_per_frame_by_stage": candidates}
 
 
 def summarize(records: list) -> list[dict]:
@@ -22,13 +43,13 @@ def summarize(records: list) -> list[dict]:
     for (model, backend, batch, workers), runs in groups.items():
         fps = [r.fps for r in runs]
         first = runs[0]
+        stages = {s: statistics.median(r.stages.get(s, {}).get("ms_per_frame", 0.0) for r in runs) for s in STAGES}
         rows.append({
             "model": model, "backend": backend, "label": first.label, "batch": batch, "workers": workers,
             "repeats": len(runs), "frames": first.frames,
             "seconds": statistics.median(r.seconds for r in runs),
             "fps": {"median": statistics.median(fps), "min": min(fps), "max": max(fps)},
-            "stages_ms": {s: statistics.median(r.stages.get(s, {}).get("ms_per_frame", 0.0) for r in runs)
-                          for s in STAGES},
+            "stages_ms": stages, "bound": bounding_stage(backend, stages, workers),
             "identical": first.identical, "compared": first.compared, "max_abs_diff": first.max_abs_diff,
             "nvml": first.nvml,
         })
@@ -51,10 +72,12 @@ def markdown(report: dict) -> str:
              f"- command: `{' '.join(report['command'])}`", "",
              "## End to end", "",
              f"Median of {cfg['repeat']} repeats (min-max); warm-up excluded. Stage columns are busy time per frame "
-             "(stages overlap). `identical` compares decoded frames with the first backend's.", "",
-             "| backend | batch | workers | total s | FPS | inference ms | composite ms | save ms | "
+             "(stages overlap); `bound by` is the stage whose frames take longest once stages that run side by side "
+             "are set apart (encoding: save time over the workers). `identical` compares decoded frames with the "
+             "first backend's.", "",
+             "| backend | batch | workers | total s | FPS | inference ms | composite ms | copy ms | save ms | bound by | "
              "inference-only FPS | composite-only FPS | identical |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- |"]
     iso = report.get("isolation", {})
     for row in report["summary"]:
         if row["model"] != "unet328" or row.get("grid"):
@@ -65,13 +88,14 @@ def markdown(report: dict) -> str:
         comp_fps = comp["cpu_threads"][-1]["fps"]["median"] if "cpu_threads" in comp else comp.get("fps", {}).get("median")
         ident = "reference" if row["identical"] is None else f"{row['identical']}/{row['compared']}" + (
             f" (max diff {row['max_abs_diff']})" if row["identical"] != row["compared"] else "")
-        st = row["stages_ms"]
+        st, bound = row["stages_ms"], row.get("bound")
+        bound_by = f"{bound['stage']} ({bound['ms_per_frame']:.2f} ms)" if bound else "—"
         lines.append(f"| {row['label']} | {row['batch']} | {row['workers']} | {row['seconds']:.2f} | "
                      f"{row['fps']['median']:.1f} ({row['fps']['min']:.1f}-{row['fps']['max']:.1f}) | "
-                     f"{st['inference']:.2f} | {st['composite']:.2f} | {st['save']:.2f} | {_fmt(inf_only)} | "
-                     f"{_fmt(comp_fps)} | {ident} |")
+                     f"{st['inference']:.2f} | {st['composite']:.2f} | {st.get('copy', 0.0):.2f} | {st['save']:.2f} | "
+                     f"{bound_by} | {_fmt(inf_only)} | {_fmt(comp_fps)} | {ident} |")
     for b, reason in report["unavailable"].items():
-        lines.append(f"| {b} | | | | unavailable: {reason} | | | | | | |")
+        lines.append(f"| {b} | | | | unavailable: {reason} | | | | | | | | |")
     ratios = report.get("ratios", {})
     if ratios:
         lines += ["", "## Ratios (same run)", ""]
@@ -183,7 +207,7 @@ def plots(report: dict, out: Path, sampler=None) -> list[str]:
         fig, ax = plt.subplots(figsize=(8, 4))
         labels = [r["backend"] for r in main]
         bottom = [0.0] * len(main)
-        for stage, color in zip(STAGES, ("#4c72b0", "#dd8452", "#55a868")):
+        for stage, color in zip(STAGES, ("#4c72b0", "#dd8452", "#8172b2", "#55a868")):
             vals = [r["stages_ms"][stage] for r in main]
             ax.bar(labels, vals, bottom=bottom, label=stage, color=color)
             bottom = [b + v for b, v in zip(bottom, vals)]

@@ -103,6 +103,7 @@ def add_render_options(p: argparse.ArgumentParser, jobs: bool = False):
     p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
                    help="gpu: TF32 tensor cores for the model's convolutions (default on, ONNX Runtime's own "
                         "default); changes the model's numbers in low bits, never the compositing")
+    add_model_options(p)
     p.add_argument("--cache-budget", type=size, default=None,
                    help="memory for frames, e.g. 2G: the decoded cache plus finished frames in flight (RAM for "
                         "cpu; VRAM for gpu, ONNX Runtime's own memory aside). Videos that do not fit are decoded "
@@ -113,6 +114,18 @@ def add_render_options(p: argparse.ArgumentParser, jobs: bool = False):
     p.add_argument("--clip-rects", action="store_true",
                    help="accept rectangles reaching outside the frame; only the inside part is written")
     p.add_argument("--quiet", action="store_true", help="no progress bar or header; errors and the summary still print")
+
+
+def add_model_options(p: argparse.ArgumentParser):
+    """How the model runs: its precision and, on gpu, its convolutions' layout (render, demo, batch, serve)."""
+    from ..model.precision import PRECISIONS
+
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="the model's arithmetic: fp32 as given (default) or fp16, the model converted once and "
+                        "cached (frames still go in and out as float32; the model's numbers change, never the "
+                        "compositing)")
+    p.add_argument("--prefer-nhwc", action="store_true",
+                   help="gpu: ONNX Runtime runs the convolutions channels-last, sparing cuDNN's layout transposes")
 
 
 def default_format(args, fmt: str):

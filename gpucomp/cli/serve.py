@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..core.errors import GpucompError
-from .args import float_range, int_range, size
+from .args import add_model_options, float_range, int_range, size
 
 
 def register(sub) -> None:
@@ -41,6 +41,7 @@ def register(sub) -> None:
     p.add_argument("--cache-budget", type=size, default=None, help="memory for every avatar's frames (default: what "
                                                                      "is free)")
     p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True, help="gpu: TF32 convolutions")
+    add_model_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress while loading")
 
 
@@ -83,7 +84,8 @@ def run(args) -> int:
     if notice and not args.quiet:
         print(f"note: {notice}", file=sys.stderr)
     with Engine(args.model, backend=name, audio_encoder=args.audio_encoder, batch=args.batch, workers=args.workers,
-                cache_budget=args.cache_budget, tf32=args.tf32) as engine:
+                cache_budget=args.cache_budget, tf32=args.tf32, precision=args.precision,
+                prefer_nhwc=args.prefer_nhwc) as engine:
         loaded = {key: engine.load_avatar(folder, progress=not args.quiet) for key, folder in avatars.items()}
         scheduler = Scheduler(engine, loaded, lead=args.lead)
         scheduler.start()

@@ -12,7 +12,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-STAGES = ("inference", "composite", "save")
+# copy: finished frames from the device to the host (the GPU engine alone).
+STAGES = ("inference", "composite", "copy", "save")
 
 
 @dataclass

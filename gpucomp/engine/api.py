@@ -27,6 +27,7 @@ from ..core.contract import AUDIO_SHAPE, AUDIO_WINDOW, FEATURE_DIM, audio_window
 from ..core.errors import DatasetError, GpucompError
 from ..core.telemetry import StageStats, decode_progress
 from ..io.dataset import Dataset, load_features, rows_problem
+from ..model.precision import PRECISIONS
 from ..speech.schedule import KINDS as SCHEDULE_KINDS, Schedule
 from .backends import RenderSettings, create, resolve
 from .backends.base import FrameCache, FrameRef, batch_sizes
@@ -159,14 +160,17 @@ class Engine:
     compositing and encoding threads; feather: blend the face edge over K
     pixels (0: the exact contract), the default of every render, which may
     give its own; cache_budget: bytes every cached avatar and
-    the frames in flight may take together (None: what is free); tf32,
-    cuda_graph, cudnn_algo: the GPU engine's model settings; threads: the
-    model's threads when it runs on the CPU (None: one per core).
+    the frames in flight may take together (None: what is free); precision:
+    "fp32", or "fp16" (the model converted once and cached; frames still go
+    in and out as float32); tf32, cuda_graph, cudnn_algo, prefer_nhwc (NHWC
+    convolutions): the GPU engine's model settings; threads: the model's
+    threads when it runs on the CPU (None: one per core).
     """
 
     def __init__(self, model, *, backend: str = "auto", audio_encoder=None, batch: int = 4, workers: int = 4,
                  feather: int = 0, cache_budget: int | None = None, tf32: bool = True, cuda_graph: bool = False,
-                 cudnn_algo: str = "exhaustive", threads: int | None = None):
+                 cudnn_algo: str = "exhaustive", threads: int | None = None, precision: str = "fp32",
+                 prefer_nhwc: bool = False):
         _check_int("batch", batch, 1, 256)
         _check_int("workers", workers, 1, 256)
         _check_int("feather", feather, 0, 64)
@@ -176,13 +180,17 @@ class Engine:
             _check_int("threads", threads, 1, 1024)
         if cudnn_algo.lower() not in CUDNN_ALGOS:
             raise GpucompError(f"cudnn_algo must be one of {', '.join(CUDNN_ALGOS)}, got {cudnn_algo!r}")
+        if precision not in PRECISIONS:
+            raise GpucompError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         name, self.notice = resolve(backend)
         self._call_guard = OneCall()
         self._streams: set[FrameStream] = set()  # unfinished frames() iterators
+        self._submitted: set[PendingFrames] = set()  # submitted batches whose result is not taken yet
         self._closed = False
         self.model_path = Path(model)
         self.settings = RenderSettings(batch=batch, workers=workers, feather=feather, cudnn_algo=cudnn_algo.upper(),
-                                       cuda_graph=cuda_graph, tf32=tf32, cache_budget=cache_budget, threads=threads)
+                                       cuda_graph=cuda_graph, tf32=tf32, cache_budget=cache_budget, threads=threads,
+                                       precision=precision, prefer_nhwc=bool(prefer_nhwc))
         self.stats = StageStats()
         self._backend = create(name, None, self.model_path, self.settings, self.stats)
         self.encoder = None
@@ -206,10 +214,11 @@ class Engine:
         path = Path(path)
         if self.encoder is not None and self.encoder.path.resolve() == path.resolve():
             return
-        # On gpu with the model's own provider options, on the engine's stream.
+        # On gpu with the model's own provider options, on a stream of its own:
+        # on the model's, its runs would wait behind the model's batches.
         self.encoder = AudioEncoder(path, encoder_providers(
             self.backend, cudnn_algo=self.settings.cudnn_algo, tf32=self.settings.tf32,
-            stream=self._backend.cuda_stream), threads=self.settings.threads)
+            stream=self._backend.encoder_stream), threads=self.settings.threads)
 
     @property
     def backend(self) -> str:
@@ -362,6 +371,17 @@ class Engine:
             self._streams.add(stream)
             return FrameIterator(self, stream)
 
+    def warm_up(self, sizes=None):
+        """Make batch sizes `sizes` (default: every size 1..batch) ready on the
+        calling thread: bound, run until settled and, with cuda_graph, captured
+        there (ONNX Runtime keeps its CUDA handles and graphs per thread). A
+        live scheduler's render thread calls it before the first session, so no
+        group it forms warms up mid-stream."""
+        with self._call("engine.warm_up"):
+            sizes = set(range(1, self.settings.batch + 1) if sizes is None else sizes)
+            self._backend.check_batches(sizes)
+            self._backend.warm_up(sizes)
+
     def composite(self, requests: Sequence[FrameRequest]) -> list[np.ndarray]:
         """Frames of resident avatars, in order, each (H, W, 3) uint8 BGR: the
         batch primitive a live scheduler calls. Requests of different avatars
@@ -369,25 +389,52 @@ class Engine:
         `batch` frames each); every frame equals that frame rendered alone.
         Every request is checked before any frame is computed."""
         with self._call("engine.composite"):
-            refs, windows = [], []
-            for k, request in enumerate(requests):
-                avatar = getattr(request, "avatar", None)
-                if not isinstance(avatar, Avatar) or avatar.engine is not self or avatar.cache is None:
-                    raise GpucompError(f"request {k}: its avatar is not loaded in this engine (engine.load_avatar)")
-                frame = _frame_number(request.frame, avatar, f"request {k}: ")
-                audio = _array(request.audio, f"request {k}: audio")
-                if audio.shape != (AUDIO_WINDOW, FEATURE_DIM):
-                    raise GpucompError(f"request {k}: audio must be a ({AUDIO_WINDOW}, {FEATURE_DIM}) window "
-                                       f"(gpucomp.audio_window), got {audio.shape}")
-                windows.append(_real_float32(audio, f"request {k}: audio"))
-                refs.append(FrameRef(avatar.cache, frame, frame, k, self._feather(request.feather, avatar)))
+            refs, windows = self._requests(requests)
             frames: list[np.ndarray] = []
             batch = self.settings.batch
             for first in range(0, len(refs), batch):
-                chunk = refs[first : first + batch]
-                audio = np.stack(windows[first : first + batch]).reshape((len(chunk),) + AUDIO_SHAPE)
-                frames.extend(take(self._backend.submit_frames(chunk, audio, self.stats)))
+                frames.extend(take(self._submit(refs[first : first + batch], windows[first : first + batch])))
             return frames
+
+    def submit(self, requests: Sequence[FrameRequest]) -> "PendingFrames":
+        """Start compositing 1 .. `batch` requests (checked as `composite`
+        checks them) and return at once: the model and kernels queued on gpu,
+        inference on a thread of its own on cpu. `.result()` gives what
+        `composite` would. Submit the next batch before taking the last one's
+        result, and the engine computes one while the other is copied and
+        encoded; it holds three at most. Any other call takes the frames of
+        the batches not yet taken first (they wait in their PendingFrames)."""
+        with self._call("engine.submit", keep_submitted=True):
+            if not 1 <= len(requests) <= self.settings.batch:
+                raise GpucompError(f"submit takes 1 to the engine's batch of {self.settings.batch} requests, "
+                                   f"got {len(requests)}")
+            if len(self._submitted) >= self._backend.max_in_flight:
+                raise GpucompError(f"engine.submit refused: {len(self._submitted)} submitted batches are not "
+                                   f"taken yet; take the oldest one's result() first")
+            refs, windows = self._requests(requests)
+            pending = PendingFrames(self, self._submit(refs, windows))
+            self._submitted.add(pending)
+            return pending
+
+    def _submit(self, refs: list[FrameRef], windows: list[np.ndarray]):
+        audio = np.stack(windows).reshape((len(refs),) + AUDIO_SHAPE)
+        return self._backend.submit_frames(refs, audio, self.stats)
+
+    def _requests(self, requests: Sequence[FrameRequest]) -> tuple[list[FrameRef], list[np.ndarray]]:
+        """Each request checked, as a frame reference and its audio window."""
+        refs, windows = [], []
+        for k, request in enumerate(requests):
+            avatar = getattr(request, "avatar", None)
+            if not isinstance(avatar, Avatar) or avatar.engine is not self or avatar.cache is None:
+                raise GpucompError(f"request {k}: its avatar is not loaded in this engine (engine.load_avatar)")
+            frame = _frame_number(request.frame, avatar, f"request {k}: ")
+            audio = _array(request.audio, f"request {k}: audio")
+            if audio.shape != (AUDIO_WINDOW, FEATURE_DIM):
+                raise GpucompError(f"request {k}: audio must be a ({AUDIO_WINDOW}, {FEATURE_DIM}) window "
+                                   f"(gpucomp.audio_window), got {audio.shape}")
+            windows.append(_real_float32(audio, f"request {k}: audio"))
+            refs.append(FrameRef(avatar.cache, frame, frame, k, self._feather(request.feather, avatar)))
+        return refs, windows
 
     # -- files ----------------------------------------------------------------------
 
@@ -427,6 +474,7 @@ class Engine:
         with self._call_guard("engine.close"):
             self._closed = True
             try:
+                self._settle_submitted()  # queued work finishes before its buffers go
                 for stream in list(self._streams):
                     self._end_stream(stream, "the engine was closed before this frames() iterator finished")
             finally:
@@ -436,10 +484,11 @@ class Engine:
                 self._backend.close()
 
     @contextmanager
-    def _call(self, name: str, current: FrameStream | None = None):
+    def _call(self, name: str, current: FrameStream | None = None, keep_submitted: bool = False):
         """Hold the engine for one call (exclusive.py), refused once closed;
-        unfinished frames() iterators other than `current` settle first, so
-        the call finds no batch of theirs in flight."""
+        unfinished frames() iterators other than `current`, and submitted
+        batches unless `keep_submitted` (another submit), settle first, so the
+        call finds no batch of theirs in flight."""
         with self._call_guard(name):
             if self._closed:
                 raise GpucompError(f"{name} refused: the engine is closed")
@@ -448,7 +497,13 @@ class Engine:
                     self._end_stream(stream)
                 elif stream is not current:
                     stream.settle()
+            if not keep_submitted:
+                self._settle_submitted()
             yield
+
+    def _settle_submitted(self):
+        for pending in list(self._submitted):
+            pending.settle()
 
     def _end_stream(self, stream: FrameStream, why: str | None = None):
         self._streams.discard(stream)
@@ -462,6 +517,29 @@ class Engine:
 
     def __repr__(self) -> str:
         return f"Engine({str(self.model_path)!r}, backend={self.backend!r}, avatars={len(self.avatars)})"
+
+
+class PendingFrames:
+    """A batch Engine.submit started: `result()` waits for its frames."""
+
+    def __init__(self, engine: Engine, pending):
+        self._engine = engine
+        self._pending = pending
+        self._frames: list[np.ndarray] | None = None
+
+    def result(self) -> list[np.ndarray]:
+        """The frames in request order, each the caller's own (H, W, 3) uint8 BGR array."""
+        if self._frames is None:
+            with self._engine._call_guard("engine.submit(...).result()"):
+                self.settle()
+        return self._frames
+
+    def settle(self):
+        """Copy the frames out and give the batch's buffers back (the engine holds its call)."""
+        if self._frames is None:
+            self._engine._submitted.discard(self)
+            self._frames = take(self._pending)
+            self._pending = None
 
 
 def _same_frames(a: Avatar, b: Avatar) -> bool:
@@ -521,4 +599,4 @@ def _features_array(features) -> np.ndarray:
     return _real_float32(array, "features")
 
 
-__all__ = ["Avatar", "Engine", "FrameRequest", "RenderResult", "audio_window"]
+__all__ = ["Avatar", "Engine", "FrameRequest", "PendingFrames", "RenderResult", "audio_window"]

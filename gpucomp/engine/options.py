@@ -23,7 +23,7 @@ from .render import check_output, check_smooth
 
 # Engine(...) arguments: the model and how it runs. Jobs sharing them share an engine.
 # (feather is the render's own: one engine serves renders of any feather)
-ENGINE_OPTIONS = ("batch", "workers", "cache_budget", "tf32", "cuda_graph", "cudnn_algo")
+ENGINE_OPTIONS = ("batch", "workers", "cache_budget", "tf32", "cuda_graph", "cudnn_algo", "precision", "prefer_nhwc")
 
 
 @dataclass(frozen=True)

@@ -8,17 +8,22 @@ The slot thread, every frame period of any session,
      the playing utterance's next row when its features are final (a render
      job), else an idle frame (the avatar's own frame, encoded once, no model
      run), so idle streams never wait on rendering.
-The render thread, which alone calls the engine's compositing, takes the
-render jobs of all sessions earliest due first, in batches of the engine's
-batch size (one `engine.composite` call: one model run and one composite
-launch for frames of many sessions and avatars), as soon as a batch is full
-or the earliest is due within half the lead, and hands the frames to encoder
-threads (JPEG or PNG for the WebSocket; for WebRTC, only the conversion to
-yuv420p, the video encoder's input: its transport encodes each session's
-stream in order). Finished frames go back to each session in frame order. A
-session's queue drops frames that are more than a second behind (counted),
-and a client that stops reading gets idle frames instead of rendered ones, so
-it never holds up the others.
+The render thread, which alone calls the engine's compositing, first warms
+up every batch size it can form (1 .. the engine's batch) on itself, before
+the first session starts: ONNX Runtime keeps its CUDA handles and captured
+graphs per thread, and a size first met mid-stream would stall every stream
+for its warm-up. Then it takes the render jobs of all sessions earliest due
+first, in batches of the engine's batch size (one `engine.submit`: one model
+run and one composite launch for frames of many sessions and avatars), as
+soon as a batch is full or the earliest is due within half the lead, and
+keeps one batch in flight: the next batch is formed and submitted before the
+previous one's frames are taken and handed to encoder threads (JPEG or PNG
+for the WebSocket; for WebRTC, only the conversion to yuv420p, the video
+encoder's input: its transport encodes each session's stream in order).
+Finished frames go back to each session in frame order. A session's queue
+drops frames that are more than a second behind (counted), and a client that
+stops reading gets idle frames instead of rendered ones, so it never holds up
+the others.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import cv2
 import numpy as np
 
 from ..core.errors import GpucompError
-from ..engine.api import Avatar, Engine, FrameRequest
+from ..engine.api import Avatar, Engine, FrameRequest, PendingFrames
 from ..io.encode import encode_jpeg
 from ..io.png import encode_png
 from ..speech.features import encode_windows
@@ -61,6 +66,15 @@ class _Render:
     def __init__(self, session, frame, avatar_frame, utterance, row, due):
         self.session, self.frame, self.avatar_frame = session, frame, avatar_frame
         self.utterance, self.row, self.due = utterance, row, due
+
+
+class _Batch:
+    """A group of render jobs submitted to the engine, its frames not yet taken."""
+
+    __slots__ = ("group", "pending", "started")
+
+    def __init__(self, group: list[_Render], pending: PendingFrames, started: float):
+        self.group, self.pending, self.started = group, pending, started
 
 
 class _InOrder:
@@ -121,20 +135,27 @@ class Scheduler:
         self.mixed_batches = 0  # batches holding frames of more than one session
         self.late_skipped = 0   # speech frames shown idle: more than max_delay late before rendering
         self._frame_seconds = 0.0  # rendering time per frame, a moving average
+        self._in_flight: _Batch | None = None  # submitted, frames not yet taken (render thread)
         self.steps = 0
 
     # -- lifecycle -------------------------------------------------------------
 
     def start(self):
-        """Encode every avatar's idle frames as JPEG, then start the threads."""
+        """Encode every avatar's idle frames as JPEG, start the render thread and
+        wait until it has warmed up every batch size (an error doing so is
+        raised here), then start the slot thread."""
         for name in self.avatars:
             self._encode_idle_images(name, "jpeg")
         for future in list(self._idle.values()):
             future.result()
-        self._threads = [threading.Thread(target=self._guarded, args=(self._slots,), name="live-slots", daemon=True),
-                         threading.Thread(target=self._guarded, args=(self._render,), name="live-render", daemon=True)]
-        for thread in self._threads:
-            thread.start()
+        warm: Future = Future()
+        render = threading.Thread(target=self._render_thread, args=(warm,), name="live-render", daemon=True)
+        self._threads = [render]
+        render.start()
+        warm.result()
+        slots = threading.Thread(target=self._guarded, args=(self._slots,), name="live-slots", daemon=True)
+        self._threads.append(slots)
+        slots.start()
 
     def stop(self):
         self._stop = True
@@ -329,10 +350,43 @@ class Scheduler:
 
     # -- the render thread -------------------------------------------------------------
 
+    def _render_thread(self, warm: Future):
+        """Warm up every batch size a group can have, here, then render until stopped."""
+        try:
+            self.engine.warm_up()
+        except BaseException as exc:
+            warm.set_exception(exc)
+            return
+        warm.set_result(None)
+        try:
+            self._guarded(self._render)
+        finally:
+            if self._in_flight is not None:  # its buffers go back before the engine closes
+                batch, self._in_flight = self._in_flight, None
+                self._deliver(batch)
+
     def _render(self):
-        """Speech frames of every session, earliest due first, a batch per engine
-        call: as soon as a batch is full, else once the earliest is due within
-        half the lead (the other half gathers frames of other sessions)."""
+        """One step: submit the next group when one is ready (waiting for one only
+        when no batch is in flight), then take the batch in flight and hand its
+        frames to the encoders, so the engine computes the next batch while the
+        previous one is copied and encoded."""
+        group = self._next_group(wait=self._in_flight is None)
+        previous, self._in_flight = self._in_flight, None
+        try:
+            if group:
+                requests = [FrameRequest(r.session.avatar, r.avatar_frame, r.utterance.stream.window(r.row))
+                            for r in group]
+                started = time.monotonic()
+                self._in_flight = _Batch(group, self.engine.submit(requests), started)
+        finally:
+            if previous is not None:
+                self._deliver(previous)
+
+    def _next_group(self, *, wait: bool) -> list[_Render]:
+        """Speech frames of every session, earliest due first, a batch's worth:
+        as soon as a batch is full, else once the earliest is due within half the
+        lead (the other half gathers frames of other sessions); an empty list
+        when none is ready and `wait` is off, or at stop."""
         batch = self.engine.settings.batch
         with self._jobs:
             while not self._stop and not self._image_requests:
@@ -343,14 +397,16 @@ class Scheduler:
                     # take (as measured so far) about as long as is left before the
                     # earliest is due, and at half the lead at the latest.
                     needed = self._frame_seconds * min(batch, len(self._renders)) * 1.5
-                    wait = self._renders[0].due - max(self.lead / 2, needed) - time.monotonic()
-                    if len(self._renders) >= batch or wait <= 0:
+                    timeout = self._renders[0].due - max(self.lead / 2, needed) - time.monotonic()
+                    if len(self._renders) >= batch or timeout <= 0:
                         break
                 else:
-                    wait = None
-                self._jobs.wait(timeout=wait)
+                    timeout = None
+                if not wait:
+                    return []
+                self._jobs.wait(timeout=timeout)
             if self._stop:
-                return
+                return []
             requests, self._image_requests = self._image_requests, []
             group, self._renders = self._renders[:batch], self._renders[batch:]
         for name, fmt in requests:
@@ -362,12 +418,13 @@ class Scheduler:
         group = [r for r in group if now - r.due <= self.max_delay or
                  not self._idle_frame(r.session, r.frame, r.avatar_frame, may_wait=False)]
         self.late_skipped += len(stale) - sum(r in group for r in stale)
-        if not group:
-            return
-        started = time.monotonic()
-        frames = self.engine.composite([FrameRequest(r.session.avatar, r.avatar_frame,
-                                                     r.utterance.stream.window(r.row)) for r in group])
-        per_frame = (time.monotonic() - started) / len(group)
+        return group
+
+    def _deliver(self, batch: _Batch):
+        """Take a submitted batch's frames and hand them to the encoders."""
+        group = batch.group
+        frames = batch.pending.result()
+        per_frame = (time.monotonic() - batch.started) / len(group)
         self._frame_seconds = per_frame if not self._frame_seconds else 0.8 * self._frame_seconds + 0.2 * per_frame
         self.batch_sizes[len(group)] += 1
         self.mixed_batches += len({r.session.id for r in group}) > 1

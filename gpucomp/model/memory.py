@@ -14,8 +14,11 @@ batch size, at batches 8-64 (onnxruntime 1.31.1, Xeon, 2 cores):
     UNet-328 width 1:    floor 100 MiB/frame,  measured 321.7-324.8 MiB/frame (3.22-3.25x)
 
 ACTIVATION_FACTOR is those ratios rounded up. On CUDA the same figure stands
-for the provider's arena (which grows by doubling) until the device script
-measures it there.
+for the provider's arena (which grows by doubling), cuDNN's workspaces
+included, until measured there: the GPU engine records the device memory each
+warm-up takes (cudaMemGetInfo around it, GpuBackend.warm_up_memory), and the
+device script's speed run (benchmarks/gpu_speed.py) reports the growth from a
+batch of 1 to a full batch per frame beside this estimate.
 """
 
 from __future__ import annotations

@@ -74,11 +74,11 @@ def preload_cuda_libraries() -> str | None:
 
 
 def cuda_providers(*, device_id: int = 0, cudnn_algo: str = "EXHAUSTIVE", tf32: bool = True,
-                   stream: int | None = None, cuda_graph: bool = False) -> list:
+                   stream: int | None = None, cuda_graph: bool = False, prefer_nhwc: bool = False) -> list:
     """The provider list for a session on CUDA device `device_id`: cuDNN's
     convolution algorithm search, TF32 (changes the model's numbers, never the
-    compositing), optionally a CUDA stream to share and graph capture; the CPU
-    provider after it for what CUDA cannot run."""
+    compositing), optionally a CUDA stream to share, graph capture and NHWC
+    convolutions; the CPU provider after it for what CUDA cannot run."""
     preload_cuda_libraries()
     options = {
         "device_id": str(device_id),
@@ -88,6 +88,8 @@ def cuda_providers(*, device_id: int = 0, cudnn_algo: str = "EXHAUSTIVE", tf32: 
     }
     if stream is not None:
         options["user_compute_stream"] = str(stream)
+    if prefer_nhwc:  # only when asked: the option is the provider's, not every build's
+        options["prefer_nhwc"] = "1"
     return [(CUDA, options), CPU]
 
 

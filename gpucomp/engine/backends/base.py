@@ -21,6 +21,7 @@ not fit), as a `Job`.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +49,12 @@ class RenderSettings:
     # TF32 tensor-core convolutions (ONNX Runtime's default on Ampere and newer):
     # faster, and the model's numbers differ in low bits; compositing stays exact.
     tf32: bool = True
+    # The model's precision: "fp32" as given, or "fp16" (converted once and
+    # cached; inputs and output stay float32 at the engine's boundary).
+    precision: str = "fp32"
+    # GPU engine only: ONNX Runtime's CUDA provider runs convolutions in NHWC
+    # (channels last), sparing cuDNN's layout transposes.
+    prefer_nhwc: bool = False
     # Bytes the decoded frames may take (RAM for cpu, VRAM for gpu); None: what
     # is free. Frames that do not fit are decoded ahead into a bounded ring.
     cache_budget: int | None = None
@@ -279,8 +286,16 @@ class Backend(ABC):
 
     @abstractmethod
     def infer_frames(self, refs: list[FrameRef], audio: np.ndarray):
-        """Model inputs and inference alone, completed on return (the
-        benchmark's inference-alone throughput)."""
+        """Model inputs and inference alone, completed on return."""
+
+    def infer_repeatedly(self, refs: list[FrameRef], audio: np.ndarray, runs: int) -> float:
+        """Seconds for `runs` inferences of one batch back to back, after one
+        untimed (the benchmark's inference-alone throughput)."""
+        self.infer_frames(refs, audio)
+        start = time.perf_counter()
+        for _ in range(runs):
+            self.infer_frames(refs, audio)
+        return time.perf_counter() - start
 
     def check_batches(self, sizes):
         """A ModelError before any run when the model cannot take these batch sizes."""
@@ -340,7 +355,12 @@ class Backend(ABC):
 
     @property
     def cuda_stream(self) -> int | None:
-        """The CUDA stream the model runs on, for other sessions to share (None off CUDA)."""
+        """The CUDA stream the model runs on (None off CUDA)."""
+        return None
+
+    @property
+    def encoder_stream(self) -> int | None:
+        """A CUDA stream of its own for the audio encoder (None off CUDA)."""
         return None
 
     def __enter__(self):

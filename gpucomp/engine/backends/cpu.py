@@ -1,5 +1,10 @@
 """CPU backend: ONNX Runtime on the CPU, OpenCV resize and NumPy paste on a
-pool of worker threads (OpenCV and large NumPy copies release the GIL)."""
+pool of worker threads (OpenCV and large NumPy copies release the GIL).
+
+A batch's inference runs on a thread of its own, so `submit_frames` returns
+at once, as on the GPU engine: the caller forms and submits the next batch
+while this one is inferred and composited, and batches are inferred in the
+order they were submitted."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from ...core.contract import ROI_OFFSET, ROI_SIZE, Placement, feather_alpha, fea
 from ...core.resources import available_memory
 from ...io.dataset import PRELOAD_MEMORY_SHARE
 from ...model import ModelSession
+from ...model.precision import model_at
 from ..framecache import HostMemory, in_flight_bytes
 from ...core.telemetry import Timer
 from .base import Backend, FrameRef, PendingBatch
@@ -49,12 +55,14 @@ def gather_crops(refs: list[FrameRef]) -> np.ndarray:
 
 
 class _CpuPending(PendingBatch):
-    def __init__(self, indices: list[int], futures: list[Future], on_done):
+    def __init__(self, indices: list[int], prediction: Future, futures: list[Future], on_done):
         self.indices = indices
+        self._prediction = prediction
         self._futures = futures
         self._on_done = on_done
 
     def wait(self) -> list[np.ndarray]:
+        self._prediction.result()  # the model's error, if it failed, once
         frames = [f.result() for f in self._futures]
         if self._on_done:
             self._on_done()
@@ -67,12 +75,14 @@ class CpuBackend(Backend):
 
     def __init__(self, model_path: Path, settings, stats, dataset=None):
         super().__init__(settings, stats, dataset)
-        self.session = ModelSession(model_path, ["CPUExecutionProvider"], threads=settings.threads)
+        self.session = ModelSession(model_at(model_path, settings.precision), ["CPUExecutionProvider"],
+                                    threads=settings.threads)
         self._check_model_memory()
         # Frames are composited in parallel by our pool; OpenCV's own threads
         # on a 180x180 resize would only add contention.
         cv2.setNumThreads(1)
         self._pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="composite")
+        self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._memory = HostMemory()
 
     @property
@@ -97,16 +107,23 @@ class CpuBackend(Backend):
         return self.session.run(visual_input(gather_crops(refs)), audio)
 
     def submit_frames(self, refs, audio, stats, done=None) -> PendingBatch:
-        with Timer(stats, "inference", len(refs)):
-            pred = self.infer_frames(refs, audio)
-        futures = [self._pool.submit(self._composite, ref, pred[k], stats) for k, ref in enumerate(refs)]
-        return _CpuPending([r.index for r in refs], futures, done)
+        prediction = self._inference.submit(self._infer_timed, refs, audio, stats)
+        futures = [self._pool.submit(self._composite, ref, prediction, k, stats) for k, ref in enumerate(refs)]
+        return _CpuPending([r.index for r in refs], prediction, futures, done)
 
-    def _composite(self, ref: FrameRef, pred: np.ndarray, stats) -> np.ndarray:
+    def _infer_timed(self, refs, audio, stats) -> np.ndarray:
+        with Timer(stats, "inference", len(refs)):
+            return self.infer_frames(refs, audio)
+
+    def _composite(self, ref: FrameRef, prediction: Future, k: int, stats) -> np.ndarray:
+        # Workers take frames in submission order, so one waiting here for its
+        # batch's inference never holds up an earlier batch's frames.
+        pred = prediction.result()[k]
         with Timer(stats, "composite", 1):
             ring = ref.cache.ring
             return composite_frame(ring.full[ref.slot], ring.crops[ref.slot], pred, ref.placement, ref.feather)
 
     def close(self):
+        self._inference.shutdown(wait=True, cancel_futures=True)
         self._pool.shutdown(wait=True, cancel_futures=True)
         super().close()

@@ -39,7 +39,7 @@ class Device(ABC):
     def describe(self) -> str: ...
 
     @abstractmethod
-    def providers(self, cudnn_algo: str, cuda_graph: bool, tf32: bool) -> list: ...
+    def providers(self, cudnn_algo: str, cuda_graph: bool, tf32: bool, prefer_nhwc: bool = False) -> list: ...
 
     def run_options(self, graph_id: int | None = None):
         import onnxruntime as ort
@@ -118,7 +118,8 @@ class Device(ABC):
     @abstractmethod
     def copy_to_host(self, src, dst: np.ndarray):
         """Start copying finished frames to host buffer `dst`; returns a handle
-        whose wait() returns once `dst` holds them."""
+        whose wait() returns once `dst` holds them, and whose `seconds` is then
+        the copy's own duration."""
 
     def synchronize(self):
         """Wait for all queued work."""
@@ -128,6 +129,9 @@ class Device(ABC):
 
 
 class _Done:
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
     def wait(self):
         pass
 
@@ -149,7 +153,7 @@ class SimDevice(HostMemory, Device):
     def describe(self) -> str:
         return "gpu-sim (host build of the kernels, ONNX Runtime CPU)"
 
-    def providers(self, cudnn_algo, cuda_graph, tf32):
+    def providers(self, cudnn_algo, cuda_graph, tf32, prefer_nhwc=False):
         return ["CPUExecutionProvider"]
 
     def free_memory(self) -> int:
@@ -186,16 +190,19 @@ class SimDevice(HostMemory, Device):
         return end - start
 
     def copy_to_host(self, src, dst):
+        start = time.perf_counter()
         np.copyto(dst, src)
-        return _Done()
+        return _Done(time.perf_counter() - start)
 
 
 class _CudaCopy:
-    def __init__(self, event):
-        self.event = event
+    def __init__(self, cp, begin, done):
+        self.cp, self.begin, self.done = cp, begin, done
+        self.seconds = 0.0
 
     def wait(self):
-        self.event.synchronize()
+        self.done.synchronize()
+        self.seconds = self.cp.cuda.get_elapsed_time(self.begin, self.done) / 1000.0
 
 
 class CudaDevice(Device):
@@ -222,6 +229,10 @@ class CudaDevice(Device):
         self.compute = cupy.cuda.Stream(non_blocking=True)
         self.copier = cupy.cuda.Stream(non_blocking=True)
         self.uploader = cupy.cuda.Stream(non_blocking=True)  # the decode-ahead thread's
+        # The audio encoder's, on whichever thread computes features (a live
+        # scheduler's slot thread): on the compute stream its runs would queue
+        # behind the model's batches and be counted in their inference time.
+        self.encoder = cupy.cuda.Stream(non_blocking=True)
         self.kernels = cuda_kernels(device_id)  # a BackendUnavailable when NVRTC or the build fails
         props = cupy.cuda.runtime.getDeviceProperties(device_id)
         name = props["name"]
@@ -231,12 +242,12 @@ class CudaDevice(Device):
     def describe(self) -> str:
         return f"gpu ({self.device_name}, device {self.device_id})"
 
-    def providers(self, cudnn_algo, cuda_graph, tf32):
+    def providers(self, cudnn_algo, cuda_graph, tf32, prefer_nhwc=False):
         from ...model.providers import cuda_providers
 
         # The model shares the compute stream with our kernels.
         return cuda_providers(device_id=self.device_id, cudnn_algo=cudnn_algo, tf32=tf32, stream=self.compute.ptr,
-                              cuda_graph=cuda_graph)
+                              cuda_graph=cuda_graph, prefer_nhwc=prefer_nhwc)
 
     def run_options(self, graph_id: int | None = None):
         options = super().run_options()
@@ -312,15 +323,20 @@ class CudaDevice(Device):
     def copy_to_host(self, src, dst):
         ready = self.mark()
         self.copier.wait_event(ready)
+        # Timed from when the copy engine takes it up (after the batch's
+        # composite and any earlier copy) to its end: the copy alone.
+        begin = self.cp.cuda.Event(block=True)
+        begin.record(self.copier)
         src.get(stream=self.copier, out=dst, blocking=False)
-        done = self.cp.cuda.Event(block=True, disable_timing=True)
+        done = self.cp.cuda.Event(block=True)
         done.record(self.copier)
-        return _CudaCopy(done)
+        return _CudaCopy(self.cp, begin, done)
 
     def synchronize(self):
         self.compute.synchronize()
         self.copier.synchronize()
         self.uploader.synchronize()
+        self.encoder.synchronize()
 
     def release(self):
         self.synchronize()

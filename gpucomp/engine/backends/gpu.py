@@ -16,15 +16,18 @@ video. With `simulate=True` the same class runs on SimDevice (NumPy, ONNX
 Runtime on the CPU, the host build of the kernels): that is the gpu-sim backend.
 
 Thread rule: warm-up, `submit_frames` and the pending batches' `wait` run on
-one thread, which alone touches the session, its bindings and the device
-buffers; the encoder threads only read host slots that `wait` has handed out,
-and the last one to finish a batch calls `release`, which returns the slot
-with one list append (atomic under the GIL). The decode-ahead thread writes
-only cache slots the ring has freed.
+one thread at a time, which alone touches the session, its bindings and the
+device buffers; the encoder threads only read host slots that `wait` has
+handed out, and the last one to finish a batch calls `release`, which returns
+the slot with one list append (atomic under the GIL). The decode-ahead thread
+writes only cache slots the ring has freed. ONNX Runtime's CUDA provider keeps
+its handles and captured CUDA graphs per thread, so a batch size is warm (and
+captured) per thread: the thread that renders must be the one that warmed up.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +35,7 @@ import numpy as np
 from ...core.contract import AUDIO_SHAPE, PRED_SHAPE, VISUAL_SHAPE
 from ...core.errors import BackendUnavailable, ModelError
 from ...model import ModelSession
+from ...model.precision import model_at
 from ...model.session import WARM_UP_RUNS
 from ..kernel_layout import CROP_BYTES, FRAME_DTYPE, aligned, fill_descriptors, output_offsets, pack_geometry
 from .base import Backend, FrameCache, FrameRef, PendingBatch
@@ -64,6 +68,7 @@ class _GpuPending(PendingBatch):
             dev, n = self.engine.device, len(self.indices)
             self._stats.add("inference", dev.seconds_between(start, inferred), n)
             self._stats.add("composite", dev.seconds_between(inferred, composited), n)
+            self._stats.add("copy", self._copy.seconds, n)
             host = self.engine.host_ring[self.slot]
             self._frames = []
             for ref, lo in zip(self._refs, self._offsets):
@@ -85,7 +90,9 @@ class GpuBackend(Backend):
         self.device = dev = SimDevice() if simulate else CudaDevice()
         self.memory_kind = dev.memory_kind
         self.cuda_graph = settings.cuda_graph and not simulate
-        self.session = ModelSession(model_path, dev.providers(settings.cudnn_algo, self.cuda_graph, settings.tf32),
+        self.session = ModelSession(model_at(model_path, settings.precision),
+                                    dev.providers(settings.cudnn_algo, self.cuda_graph, settings.tf32,
+                                                  settings.prefer_nhwc),
                                     threads=settings.threads if simulate else None)
         if not simulate and self.session.session.get_providers()[0] != "CUDAExecutionProvider":
             raise BackendUnavailable("onnxruntime could not start its CUDA provider (CUDA 13 / cuDNN 9 libraries "
@@ -102,6 +109,12 @@ class GpuBackend(Backend):
         self.pred = dev.zeros((batch,) + PRED_SHAPE, np.float32)
         self.bindings: dict[int, object] = {}
         self.run_options: dict[int, object] = {}
+        self._settled: dict[int, set[int]] = {}  # thread id -> batch sizes warmed up on it
+        self._graph_sizes: dict[int, bool] = {}  # batch size -> whether it replays a captured graph
+        # What each warm-up took of the device's free memory (cudaMemGetInfo on
+        # CUDA): the model's activations, cuDNN's workspaces and the arena's growth.
+        self.free_before_warm_up = dev.free_memory()
+        self.warm_up_memory: list[dict] = []
         # Per ring slot: the batch's descriptors and audio windows, staged in
         # host memory the copy engine reads, and the descriptors on the device;
         # a slot is reused only once its batch has come back, so no staging
@@ -123,6 +136,10 @@ class GpuBackend(Backend):
     @property
     def cuda_stream(self) -> int | None:
         return None if self.name == "gpu-sim" else self.device.compute.ptr
+
+    @property
+    def encoder_stream(self) -> int | None:
+        return None if self.name == "gpu-sim" else self.device.encoder.ptr
 
     # -- memory ---------------------------------------------------------------
 
@@ -173,8 +190,10 @@ class GpuBackend(Backend):
     # -- set-up ---------------------------------------------------------------
 
     def warm_up(self, sizes):
-        """Bind and warm up each new batch size, largest first (see _warm_up)."""
-        new = sorted((s for s in set(sizes) if s not in self.bindings), reverse=True)
+        """Bind each new batch size and warm up every size not yet warm on the
+        calling thread, largest first (see _warm_up)."""
+        settled = self._settled.setdefault(threading.get_ident(), set())
+        new = sorted((s for s in set(sizes) if s not in settled), reverse=True)
         if not new:
             return
         self.check_batches(new)
@@ -184,10 +203,17 @@ class GpuBackend(Backend):
         for size in new:
             if size > self.settings.batch:
                 raise ValueError(f"batch of {size} frames exceeds the engine's batch of {self.settings.batch}")
-            self.bindings[size] = self._bind(size)
-            graph = size if capture else (UNCAPTURED if self.cuda_graph else None)
-            self.run_options[size] = self.device.run_options(graph)
+            if size in self.bindings and self.cuda_graph and not capture and self._graph_sizes.get(size):
+                raise ModelError(f"{self.session.path}: the CUDA graph of a batch of {size} was captured on another "
+                                 f"thread and cannot be captured on this one while frames are decoded ahead; "
+                                 f"render from the thread that warmed up, or run without --cuda-graph")
+            if size not in self.bindings:
+                self.bindings[size] = self._bind(size)
+                graph = size if capture else (UNCAPTURED if self.cuda_graph else None)
+                self.run_options[size] = self.device.run_options(graph)
+                self._graph_sizes[size] = capture
         self._warm_up(new)
+        settled.update(new)
 
     def _warm_up(self, sizes=None):
         """Untimed runs of every bound batch shape (or of `sizes`): allocation,
@@ -201,21 +227,30 @@ class GpuBackend(Backend):
         then each runs under its own graph id as often (captured on the first
         of those, or, where the count is kept per graph id, on a later one)."""
         sizes = list(sizes if sizes is not None else self.bindings)
-        run = self.session.run_bound
-        if not self.cuda_graph:
+        run, dev = self.session.run_bound, self.device
+        labels = {"what": "capturing the model as a CUDA graph", "hint": "; run without --cuda-graph"} \
+            if self.cuda_graph else {}
+        uncaptured = dev.run_options(UNCAPTURED) if self.cuda_graph else None
+        for size in sizes:
+            free = dev.free_memory()
+            options = uncaptured if self.cuda_graph else self.run_options[size]
+            for _ in range(WARM_UP_RUNS):
+                run(self.bindings[size], options, **labels)
+            dev.synchronize()
+            self._record_warm_up(size, free, "warm-up")
+        if self.cuda_graph:
             for size in sizes:
+                free = dev.free_memory()
                 for _ in range(WARM_UP_RUNS):
-                    run(self.bindings[size], self.run_options[size])
-        else:
-            what, hint = "capturing the model as a CUDA graph", "; run without --cuda-graph"
-            uncaptured = self.device.run_options(UNCAPTURED)
-            for size in sizes:
-                for _ in range(WARM_UP_RUNS):
-                    run(self.bindings[size], uncaptured, what=what, hint=hint)
-            for size in sizes:
-                for _ in range(WARM_UP_RUNS):
-                    run(self.bindings[size], self.run_options[size], what=what, hint=hint)
-        self.device.synchronize()
+                    run(self.bindings[size], self.run_options[size], **labels)
+                dev.synchronize()
+                self._record_warm_up(size, free, "capture")
+
+    def _record_warm_up(self, size: int, free_before: int, what: str):
+        free = self.device.free_memory()
+        self.warm_up_memory.append({"batch": size, "what": what, "thread": threading.current_thread().name,
+                                    "free_before": free_before, "free_after": free,
+                                    "taken": free_before - free, "taken_since_load": self.free_before_warm_up - free})
 
     def _bind(self, size: int):
         dev, io = self.device, self.session.io
@@ -273,6 +308,25 @@ class GpuBackend(Backend):
             self.device.synchronize()
         finally:
             self.free_slots.append(slot)
+
+    def infer_repeatedly(self, refs: list[FrameRef], audio: np.ndarray, runs: int) -> float:
+        """The batch's inputs uploaded once, then its visual-input kernel and
+        model queued `runs` times with no wait between them: what the device
+        sustains, timed on the device, not the host's round trip per batch."""
+        dev, n = self.device, len(refs)
+        slot = self.free_slots.pop()
+        try:
+            self._queue_inference(refs, audio, slot)  # untimed: uploads the descriptors and audio
+            dev.synchronize()
+            start = dev.mark()
+            for _ in range(runs):
+                dev.prepare_visual(self.descriptors[slot], self.visual, n)
+                self.session.run_bound(self.bindings[n], self.run_options[n])
+            end = dev.mark()
+            seconds = dev.seconds_between(start, end)  # waits for the last run
+        finally:
+            self.free_slots.append(slot)
+        return seconds
 
     def submit_frames(self, refs, audio, stats, done=None) -> PendingBatch:
         if not self.free_slots:
