@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Everything a session with a lent H100/H200 must run, in stages that each fit
-# one device call (10 minutes) with margin, writing raw outputs under one
-# results folder.
+# one device call (10 minutes), writing raw outputs under one results folder.
 #
-#   bash benchmarks/gpu_proof.sh [--dry-run] [--stage S] [--archive FILE] RESULTS_DIR
+#   bash benchmarks/gpu_proof.sh [--dry-run] [--stage S] [--archive FILE] [--work DIR] RESULTS_DIR
 #
-# Stages (the estimate for each is in benchmarks/README.md):
+# Stages (the calls and each step's time limit are in benchmarks/device/plan.py):
 #   versions     driver, CUDA, CuPy, NVRTC, ONNX Runtime (providers, and whether the
 #                CUDA provider really starts), cuDNN, GPU, the CUDA library path
-#   correctness  pytest -m gpu; compute-sanitizer memcheck and racecheck on the
-#                kernel tests
+#   correctness  every gpu test (benchmarks/device/gpu_tests.py: how many ran, and a
+#                failure when none did); compute-sanitizer memcheck on the kernel
+#                tests (no racecheck: the kernels use no shared memory, all racecheck
+#                checks); a 60-second gpu-only speed run (benchmarks/gpu_speed.py: fp32
+#                and fp16, NHWC, inference alone over 1,000 frames, end to end with the
+#                bounding stage, the activation memory each warm-up took)
 #   exactness    render --backend gpu against gpu-sim and cpu with the
 #                echo model (plain, --feather 4, --clip-rects with rectangles across
 #                the frame edge, a streaming ring, a ping-pong render from speech),
@@ -20,32 +23,39 @@
 #                isolation, the echo exactness pass
 #   grid         python -m gpucomp.bench --grid on gpu alone (cpu's figure is in `speed`)
 #   speech       benchmarks/speech.py on cpu and gpu
-#   profile      ncu on the composite and input kernels: DRAM throughput % of peak,
-#                occupancy, duration
+#   profile      ncu on the composite and input kernels of one full batch in the middle
+#                of a render: DRAM throughput % of peak, occupancy, duration
 # Each step's output goes to RESULTS_DIR/<step>.log and one line per step to
 # RESULTS_DIR/steps.txt ("ok", "FAILED (exit N)" or "TIMED OUT"). A step runs
-# under a time limit (STEP_LIMIT seconds, default 420), so one that hangs cannot
-# take the whole call; the script goes on after a failed step and exits 1 if any
-# failed. With --archive, FILE is rewritten after every step with the whole
-# results folder, so a call that runs out of time still brings back every step
-# finished before it.
+# under its time limit from plan.py (STEP_LIMIT seconds for every step instead,
+# when set; 420 in a dry run), so one that hangs cannot take the whole call; the
+# script goes on after a failed step and exits 1 if any failed. With --archive,
+# FILE is rewritten after every step with the whole results folder, so a call
+# that runs out of time still brings back every step finished before it.
+#
+# The work folder (--work, default /tmp/gpucomp-proof) outlives the call: the
+# data, the models and the compiled kernels are built by the first call on a
+# machine and reused by the next ones (versions, too, runs once per machine).
 #
 # --dry-run runs the same sequence where there is no GPU (CI does, on every run):
-# gpu-sim stands in for gpu, the profilers are stubs that run the profiled
-# command bare, and the data are small (60 frames, the width-0.25 model).
-# Run from the repository root with the project importable (PYTHONPATH=. on the
-# device, where it is not installed).
+# it prints the device plan first and fails when it passes 13 minutes; gpu-sim
+# stands in for gpu, the profilers are stubs that run the profiled command bare,
+# and the data are small (60 frames, the width-0.25 model).
+# Run from the repository root; the project runs from the source tree (PYTHONPATH
+# gets the tree and its client package, as on the device, where it is not installed).
 set -uo pipefail
 
 dry_run=0
 stage=all
 archive=
-usage="usage: bash benchmarks/gpu_proof.sh [--dry-run] [--stage versions|correctness|exactness|speed|grid|speech|profile|all] [--archive FILE] RESULTS_DIR"
+work=
+usage="usage: bash benchmarks/gpu_proof.sh [--dry-run] [--stage versions|correctness|exactness|speed|grid|speech|profile|all] [--archive FILE] [--work DIR] RESULTS_DIR"
 while [ $# -gt 1 ]; do
     case "$1" in
         --dry-run) dry_run=1; shift ;;
         --stage) stage=$2; shift 2 ;;
         --archive) archive=$2; shift 2 ;;
+        --work) work=$2; shift 2 ;;
         *) echo "error: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -58,14 +68,23 @@ case "$stage" in versions|correctness|exactness|speed|grid|speech|profile|all) ;
 
 # Everything the steps read is exported: each step runs in its own bash under `timeout`.
 export results=$(mkdir -p "$1" && cd "$1" && pwd)
-export work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+if [ -z "$work" ]; then
+    if [ $dry_run = 1 ]; then work=$(mktemp -d); trap 'rm -rf "$work"' EXIT; else work=/tmp/gpucomp-proof; fi
+fi
+export work=$(mkdir -p "$work" && cd "$work" && pwd)
 export py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD:$PWD/clients/python${PYTHONPATH:+:$PYTHONPATH}
 export GPUCOMP_CACHE=${GPUCOMP_CACHE:-$work/cache}
 export dry_run
-step_limit=${STEP_LIMIT:-420}
 failed=0
+if [ $dry_run = 1 ]; then
+    # The device plan, call by call: CI fails here when it passes 13 minutes.
+    $py benchmarks/device/plan.py || exit 1
+fi
+# Each step's limit: the plan's on the device (STEP_LIMIT, when set, for every step).
+eval "$($py benchmarks/device/plan.py --limits | sed 's/^/limit_/')"
+default_limit=${STEP_LIMIT:-$([ $dry_run = 1 ] && echo 420 || echo 300)}
 export data=$work/data echo=$work/echo.onnx unet=$work/unet.onnx encoder=$work/ave.onnx speech=$work/speech.npy
 export clipped=$work/clipped
 
@@ -82,15 +101,17 @@ EOF
 export LD_LIBRARY_PATH=${cuda_libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 
 if [ $dry_run = 1 ]; then
-    export gpu=gpu-sim frames=60 width=0.25 speech_seconds=2 grid=2:1
+    export gpu=gpu-sim frames=60 width=0.25 speech_seconds=2 grid=2:1 gpu_tests_options=--allow-none
     export bench_size="--frames 8 --repeat 1" bench_backends=seed,cpu,gpu-sim
+    export speed_size="--frames 8 --batch 4 --inference-frames 8 --variants fp32,fp16"
     export speech_size="--seconds 1 --features-seconds 2 --repeat 1" speech_backends=cpu
     # The stub drops the tool and its options and runs the profiled command bare.
     profiler() { local tool=$1; shift; while [ $# -gt 0 ] && [ "$1" != "$py" ]; do shift; done
                  echo "[dry-run: $tool stubbed] $*"; "$@"; }
 else
-    export gpu=gpu frames=100 width=1.0 speech_seconds=12 grid=1/4/8/16:2/4/8/16
+    export gpu=gpu frames=100 width=1.0 speech_seconds=12 grid=1/4/8/16:2/4/8/16 gpu_tests_options=
     export bench_size="--frames 100 --repeat 3" bench_backends=seed,cpu,gpu
+    export speed_size="--frames 100 --batch 8 --inference-frames 1000"
     export speech_size="--seconds 8 --features-seconds 60 --repeat 3" speech_backends=cpu,gpu
     profiler() { "$@"; }
 fi
@@ -100,22 +121,26 @@ pack() {  # the whole results folder into --archive, replaced atomically
     tar czf "$archive.tmp" -C "$(dirname "$results")" "$(basename "$results")" && mv "$archive.tmp" "$archive"
 }
 
-step() {  # step NAME COMMAND...: run under the step limit, log, record, archive
+step() {  # step NAME COMMAND...: run under the step's limit, log, record, archive
     local name=$1; shift
     local started=$SECONDS
-    echo "== $name: $*" | tee -a "$results/steps.log"
+    local limit_var=limit_$name
+    local limit=${STEP_LIMIT:-${!limit_var:-$default_limit}}
+    [ $dry_run = 1 ] && limit=$default_limit  # the dry run's machine is not the device
+    echo "== $name (limit ${limit} s): $*" | tee -a "$results/steps.log"
     # timeout stops the step's whole process group when the limit passes.
-    timeout --kill-after=10 "$step_limit" bash -c '"$@"' step "$@" >"$results/$name.log" 2>&1
+    timeout --kill-after=10 "$limit" bash -c '"$@"' step "$@" >"$results/$name.log" 2>&1
     local code=$?
     local took=$((SECONDS - started))
     if [ $code = 0 ]; then
         echo "$name ok (${took} s)" >>"$results/steps.txt"
     elif [ $code = 124 ] || [ $code = 137 ]; then
-        echo "$name TIMED OUT after ${step_limit} s" >>"$results/steps.txt"; failed=1
+        echo "$name TIMED OUT after ${limit} s" >>"$results/steps.txt"; failed=1
     else
         echo "$name FAILED (exit $code, ${took} s)" >>"$results/steps.txt"; failed=1; tail -5 "$results/$name.log"
     fi
     pack
+    return $code
 }
 
 render() {  # render NAME BACKEND MODEL DATA [options]: frames to $work/NAME
@@ -133,7 +158,13 @@ exact() {  # exact LABEL DATA [render options]: cpu, gpu-sim and gpu with the ec
         $py benchmarks/compare_frames.py "$work/$label-sim" "$work/$label-gpu"
 }
 
-prepare_data() {
+prepare_data() {  # once per work folder and size: the calls after the first reuse it
+    local made="frames $frames width $width"
+    if [ -f "$work/data.done" ] && [ "$(cat "$work/data.done")" = "$made" ]; then
+        echo "reused: built by an earlier call ($made)"
+        return 0
+    fi
+    rm -rf "$data" "$clipped" "$work/data.done"
     $py -m gpucomp synth --output "$data" --frames "$frames" --seed 0 >/dev/null &&
         $py -m gpucomp model --kind echo --output "$echo" >/dev/null &&
         $py -m gpucomp model --kind ave --output "$encoder" >/dev/null &&
@@ -151,6 +182,7 @@ for i, rect in enumerate(edges):
     rects[str(i)]["rect"] = rect
 json.dump(rects, open(path, "w"))
 EOF
+    [ $? = 0 ] && echo "$made" >"$work/data.done"
 }
 
 versions() {
@@ -230,11 +262,11 @@ EOF
 }
 
 correctness() {
-    step pytest_gpu $py -m pytest -q -m gpu -p no:cacheprovider tests
+    step pytest_gpu $py benchmarks/device/gpu_tests.py $gpu_tests_options tests
     step memcheck profiler compute-sanitizer --tool memcheck --target-processes all --error-exitcode 1 \
-        $py -m pytest -q -m gpu -p no:cacheprovider tests/test_kernels.py
-    step racecheck profiler compute-sanitizer --tool racecheck --target-processes all --error-exitcode 1 \
-        $py -m pytest -q -m gpu -p no:cacheprovider tests/test_kernels.py
+        $py benchmarks/device/gpu_tests.py $gpu_tests_options tests/test_kernels.py
+    step speed_gpu $py benchmarks/gpu_speed.py --backend "$gpu" --data "$data" --model "$unet" $speed_size \
+        --output "$results/speed-gpu"
 }
 
 exactness() {
@@ -265,18 +297,28 @@ speech_stage() {
         --backends "$speech_backends" --output "$results/speech"
 }
 
-profile() {
+ncu_kernels() {  # the gc_ kernels of one full batch in the middle of a render, not its ends
     local metrics=dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active
     metrics=$metrics,sm__maximum_warps_per_active_cycle_pct,gpu__time_duration.sum,dram__bytes.sum
-    step ncu_kernels profiler ncu --kernel-name regex:gc_ --launch-skip 24 --launch-count 12 --metrics "$metrics" \
-        --csv --log-file "$results/ncu_kernels.csv" \
+    local window
+    window=$($py benchmarks/device/plan.py --profile-window "$frames" 8) || return 1
+    echo "profiling the gc_ kernels: $window"
+    profiler ncu --kernel-name regex:gc_ ${window%% (*} --metrics "$metrics" --csv \
+        --log-file "$results/ncu_kernels.csv" \
         $py -m gpucomp render --data "$data" --model "$unet" --backend "$gpu" --output /dev/null --quiet \
         --batch 8 --format raw
 }
 
-export -f render exact prepare_data versions unet_vs_cpu features_vs_cpu nvenc_memory profiler
+profile() {
+    step ncu_kernels ncu_kernels
+}
+
+export -f render exact prepare_data versions unet_vs_cpu features_vs_cpu nvenc_memory profiler ncu_kernels
 : >"$results/steps.txt"
-step versions versions
+# Once per machine: a later call on it (the same work folder) has them already.
+if [ "$stage" = versions ] || [ ! -f "$work/versions.done" ]; then
+    step versions versions && touch "$work/versions.done"
+fi
 if [ "$stage" != versions ]; then
     step prepare_data prepare_data
     case "$stage" in

@@ -207,10 +207,18 @@ _PTXAS_FUNCTION = re.compile(r"Function properties for (\w+)\s*\n.*?(\d+) bytes 
 
 def resource_usage(filename: str, arch: str) -> dict[str, dict[str, int]]:
     """ptxas's report for every kernel of one kernels/*.cu, as the engine compiles it:
-    {name: {stack, spill_stores, spill_loads, registers}}."""
+    {name: {stack, spill_stores, spill_loads, registers, barriers, shared}} (shared:
+    bytes of static shared memory; ptxas names none when there is none)."""
     _, log = _nvrtc(filename, arch, None, ("--ptxas-options=-v",))
-    return {m.group(1): dict(zip(("stack", "spill_stores", "spill_loads", "registers"), map(int, m.groups()[1:])))
-            for m in _PTXAS_FUNCTION.finditer(log)}
+    usage = {}
+    for m in _PTXAS_FUNCTION.finditer(log):
+        report = dict(zip(("stack", "spill_stores", "spill_loads", "registers"), map(int, m.groups()[1:])))
+        used = log[m.end():].split("\n", 1)[0]  # the rest of the "Used N registers" line
+        barriers, shared = re.search(r"used (\d+) barriers", used), re.search(r"(\d+) bytes smem", used)
+        report["barriers"] = int(barriers.group(1)) if barriers else 0
+        report["shared"] = int(shared.group(1)) if shared else 0
+        usage[m.group(1)] = report
+    return usage
 
 
 def device_arch(device_id: int) -> str:
