@@ -21,7 +21,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from gpucomp.bench.live import start_server
+from gpucomp.bench.live import start_server, stop_server
 from gpucomp.cli.demo import demo_audio_encoder, demo_dataset, demo_talking_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,8 @@ def main(argv=None) -> int:
     p.add_argument("--output", type=Path)
     args = p.parse_args(argv)
     avatar, model, encoder = demo_dataset(), demo_talking_model(), demo_audio_encoder()
-    proc, url = start_server(avatar, model, encoder, args.backend, batch=8, workers=4, lead=0.2)
+    server = start_server(avatar, model, encoder, args.backend, batch=8, workers=4, lead=0.2)
+    url = server.url
     try:
         run = subprocess.run([str(args.client_python), str(ROOT / "clients/python/benchmarks/adapters.py"), "--url",
                               url, "--avatar", "demo", "--turns", str(args.turns), "--seconds", str(args.seconds)],
@@ -49,8 +50,7 @@ def main(argv=None) -> int:
         with urllib.request.urlopen(url + "/v1/stats", timeout=10) as reply:
             result["server_stats"] = json.load(reply)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_server(server)
     result["backend"], result["model"], result["avatar_folder"] = args.backend, model.name, avatar.name
     text = json.dumps(result, indent=2)
     print(text)

@@ -6,6 +6,11 @@ in the same state (a shared machine's load moves from minute to minute).
     python3 benchmarks/live_before_after.py --before DIR --after DIR --out DIR
         [--rounds 3] [--sessions 1,2] [--seconds 8] [-- more `python -m gpucomp.bench --live` options]
 
+It compares the WebSocket transport (`-- --transport websocket` measures
+only that one): per run the speaking sessions' row and the server's CPU per
+idle session (`--live-idle`, 4 by default), each with the clients the tree's
+own benchmark uses.
+
 Each run is `python -m gpucomp.bench --live --live-sessions N` from the tree's
 own source (PYTHONPATH: the tree and its client package), writing
 OUT/<label>-n<N>-r<round>/; OUT/compare.md gives every run's row and, per
@@ -39,20 +44,38 @@ def _ms(seconds) -> str:
     return "n/a" if seconds is None else f"{1000 * seconds:.0f}"
 
 
+def websocket_section(report: dict) -> dict:
+    """The WebSocket transport's rows and idle cost, from either report layout
+    (one transport, or one section per transport since WebRTC came)."""
+    live = report["live"]
+    return live["transports"]["websocket"] if "transports" in live else {"rows": live["rows"], "idle": None}
+
+
+def _idle(section: dict):
+    idle = section.get("idle")
+    return None if not idle else idle["server_cpu_cores_per_idle_session"]
+
+
+def _cores(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def compare(runs: list[tuple[str, int, dict]]) -> list[str]:
     """Every run's row, then per session count each tree's medians over the rounds."""
-    rows = [(label, round_, report["live"]["rows"][0]) for label, round_, report in runs]
+    rows = [(label, round_, {**websocket_section(report)["rows"][0], "idle": _idle(websocket_section(report))})
+            for label, round_, report in runs]
     lines = ["| sessions | code | round | frames on time | p99 lateness ms | latency p50 ms | latency p99 ms | dropped | "
-             "mean batch | server CPU (cores) | all hold 25 fps |",
-             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+             "mean batch | server CPU (cores) | per idle session (cores) | all hold 25 fps |",
+             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for label, round_, row in sorted(rows, key=lambda r: (r[2]["sessions"], r[1], r[0] != "before")):
         lines.append(f"| {row['sessions']} | {label} | {round_} | {row['frames_on_time_share']:.3f} | "
                      f"{_ms(row['lateness_p99_s'])} | {_ms(row['latency_p50_s'])} | {_ms(row['latency_p99_s'])} | "
                      f"{row['dropped']} | {row['mean_batch']:.1f} | {row['server_cpu_cores']:.2f} | "
-                     f"{'yes' if row['all_hold_25fps'] else 'no'} |")
+                     f"{_cores(row['idle'])} | {'yes' if row['all_hold_25fps'] else 'no'} |")
     lines += ["", "Medians over the rounds:", "",
               "| sessions | code | frames on time | p99 lateness ms | latency p50 ms | latency p99 ms | server CPU | "
-              "rounds every session held 25 fps |", "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+              "per idle session | rounds every session held 25 fps |",
+              "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for n in sorted({row["sessions"] for _, _, row in rows}):
         for label in ("before", "after"):
             same = [row for lab, _, row in rows if lab == label and row["sessions"] == n]
@@ -64,7 +87,8 @@ def compare(runs: list[tuple[str, int, dict]]) -> list[str]:
                 return statistics.median(values) if values else None
             lines.append(f"| {n} | {label} | {median('frames_on_time_share'):.3f} | {_ms(median('lateness_p99_s'))} | "
                          f"{_ms(median('latency_p50_s'))} | {_ms(median('latency_p99_s'))} | "
-                         f"{median('server_cpu_cores'):.2f} | {sum(r['all_hold_25fps'] for r in same)} of {len(same)} |")
+                         f"{median('server_cpu_cores'):.2f} | {_cores(median('idle'))} | "
+                         f"{sum(r['all_hold_25fps'] for r in same)} of {len(same)} |")
     return lines
 
 

@@ -7,9 +7,9 @@ A `serve` process (its own process, so the clients do not share its Python)
 and N synthetic speakers in this one, each streaming speech in real time in
 chunks of 20 to 40 ms (seeded), all at once, for N = 1, 2, 4, ... until one
 fails, for each transport in turn on the same server: WebSocket clients
-(gpucomp_client.LiveClient, JPEG frames) and WebRTC clients
-(gpucomp_client.webrtc.WebRTCClient, which decodes the video as a browser
-does). Per N: frames on time (sent within one frame period of their due time,
+(gpucomp_client.LiveClient, JPEG frames, offering permessage-deflate as
+browsers do) and WebRTC clients (gpucomp_client.webrtc.WebRTCClient, which
+decodes the video as a browser does). Per N: frames on time (sent within one frame period of their due time,
 as the server counts them), frame rate held per session, speech-to-frame
 latency p50/p99 measured by the clients (from sending the last speech a frame
 needs to receiving the frame: the WebSocket message, or the decoded WebRTC
@@ -30,8 +30,10 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +45,8 @@ LATENESS_LIMIT = 0.1   # seconds, p99
 TRANSPORTS = ("webrtc", "websocket")
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -54,18 +57,48 @@ def _get(url: str) -> dict:
         return json.loads(reply.read())
 
 
+@dataclass
+class ServeProcess:
+    proc: subprocess.Popen
+    url: str
+    log: Path  # its stderr: the access log and any notice
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
 def start_server(avatar: Path, model: Path, encoder: Path, backend: str, batch: int, workers: int,
-                 lead: float) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "gpucomp", "serve", "--avatar", f"demo={avatar}", "--model",
-                             str(model), "--audio-encoder", str(encoder), "--backend", backend, "--port", "0",
-                             "--batch", str(batch), "--workers", str(workers), "--lead", str(lead), "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 lead: float, extra: list[str] = (), source: Path | None = None) -> ServeProcess:
+    """`python -m gpucomp serve` with the avatar `demo` (and whatever `extra` adds) on a free port of
+    127.0.0.1; with `source`, the gpucomp of that checkout (another version, to compare)."""
+    log = Path(tempfile.mkstemp(prefix="gpucomp-serve-", suffix=".log")[1])
+    env = None if source is None else dict(os.environ, PYTHONPATH=str(source))
+    with open(log, "w") as stderr:  # a file, not a pipe: the access log must never fill a pipe nobody reads
+        proc = subprocess.Popen([sys.executable, "-m", "gpucomp", "serve", "--avatar", f"demo={avatar}", "--model",
+                                 str(model), "--audio-encoder", str(encoder), "--backend", backend, "--host",
+                                 "127.0.0.1", "--port", "0", "--batch", str(batch), "--workers", str(workers),
+                                 "--lead", str(lead), "--quiet", *extra],
+                                stdout=subprocess.PIPE, stderr=stderr, text=True, env=env,
+                                cwd=source)
     line = proc.stdout.readline()
     match = re.search(r"on (http://\S+)", line)
     if not match:
         proc.kill()
-        raise RuntimeError(f"the server did not start: {line}{proc.stderr.read()[-500:]}")
-    return proc, match.group(1)
+        proc.wait()
+        raise RuntimeError(f"the server did not start: {line}{log.read_text()[-500:]}")
+    return ServeProcess(proc, match.group(1), log)
+
+
+def stop_server(server: ServeProcess):
+    server.proc.terminate()
+    try:
+        server.proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        server.proc.wait()
+    server.proc.stdout.close()
+    server.log.unlink(missing_ok=True)
 
 
 class _Speaker:
@@ -75,7 +108,7 @@ class _Speaker:
     def __init__(self, url: str, transport: str):
         self.url, self.transport = url, transport
         if transport == "websocket":
-            self.client = LiveClient(url, "demo")
+            self.client = LiveClient(url, "demo", compress=15)  # offering permessage-deflate, as browsers do
         else:
             from gpucomp_client.webrtc import WebRTCClient
 
@@ -155,14 +188,14 @@ def _quantile(values, q):
 
 def measure(url: str, pid: int, sessions: int, pcm: np.ndarray, nvml=None, transport: str = "websocket") -> dict:
     before = _get(url + "/v1/stats")
-    cpu0, wall0 = _cpu_seconds(pid), time.monotonic()
+    cpu0, wall0 = cpu_seconds(pid), time.monotonic()
     nvml_t0 = nvml.now() if nvml else None
 
     async def everyone():
         return await asyncio.gather(*[_speaker(url, transport, pcm, 1000 + i, 1.0) for i in range(sessions)])
 
     results = asyncio.run(everyone())
-    cpu, wall = _cpu_seconds(pid) - cpu0, time.monotonic() - wall0
+    cpu, wall = cpu_seconds(pid) - cpu0, time.monotonic() - wall0
     after = _get(url + "/v1/stats")
     batches = {int(k): v - before["batch_sizes"].get(k, 0) for k, v in after["batch_sizes"].items()}
     batches = {k: v for k, v in sorted(batches.items()) if v}
@@ -200,9 +233,9 @@ def measure(url: str, pid: int, sessions: int, pcm: np.ndarray, nvml=None, trans
 def idle_cost(url: str, pid: int, transport: str, sessions: int, seconds: float) -> dict:
     """The server's CPU with `sessions` silent sessions of `transport`, against none."""
     def cores() -> float:
-        cpu0, wall0 = _cpu_seconds(pid), time.monotonic()
+        cpu0, wall0 = cpu_seconds(pid), time.monotonic()
         time.sleep(seconds)
-        return (_cpu_seconds(pid) - cpu0) / (time.monotonic() - wall0)
+        return (cpu_seconds(pid) - cpu0) / (time.monotonic() - wall0)
 
     async def connected():
         clients = [_Speaker(url, transport) for _ in range(sessions)]
@@ -229,14 +262,15 @@ def run(avatar: Path, model: Path, encoder: Path, *, backend: str, counts: list[
 
     pcm = np.round(np.clip(synthetic_speech(seconds, 5), -1, 1) * 32767).astype("<i2")
     sampler = NvmlSampler().start() if nvml_unavailable_reason() is None else None
-    proc, url = start_server(avatar, model, encoder, backend, batch, workers, lead)
+    server = start_server(avatar, model, encoder, backend, batch, workers, lead)
+    url = server.url
     sections = {}
     try:
         for transport in transports:
             rows = []
             for n in counts:
                 say(f"live, {transport}: {n} session{'s' if n > 1 else ''} speaking {seconds:g} s at once")
-                row = measure(url, proc.pid, n, pcm, sampler, transport)
+                row = measure(url, server.pid, n, pcm, sampler, transport)
                 rows.append(row)
                 say(f"live, {transport}: {n}: on time {row['frames_on_time_share']:.3f}, p99 lateness "
                     f"{1000 * row['lateness_p99_s']:.0f} ms, latency p50 {_ms(row['latency_p50_s'])} p99 "
@@ -248,17 +282,13 @@ def run(avatar: Path, model: Path, encoder: Path, *, backend: str, counts: list[
             idle = None
             if idle_sessions:
                 say(f"live, {transport}: {idle_sessions} idle sessions for {idle_seconds:g} s, against none")
-                idle = idle_cost(url, proc.pid, transport, idle_sessions, idle_seconds)
+                idle = idle_cost(url, server.pid, transport, idle_sessions, idle_seconds)
                 say(f"live, {transport}: {idle['server_cpu_cores_per_idle_session']:.3f} cores per idle session")
             held = [r["sessions"] for r in rows if r["all_hold_25fps"]]
             sections[transport] = {"rows": rows, "max_sessions_holding_25fps": max(held) if held else 0,
                                    "idle": idle}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(server)
         if sampler:
             sampler.stop()
     return {"backend": backend, "model": str(model), "avatar": str(avatar), "speech_seconds": seconds,

@@ -25,8 +25,12 @@ def register(sub) -> None:
     p.add_argument("--max-sessions", type=int_range(1, 100000), default=None,
                    help="refuse sessions beyond this many (default: no limit)")
     p.add_argument("--token", default=os.environ.get("GPUCOMP_TOKEN"),
-                   help="clients must send Authorization: Bearer TOKEN or ?token=TOKEN (default: $GPUCOMP_TOKEN, "
-                        "else none)")
+                   help="every endpoint but the page needs Authorization: Bearer TOKEN or ?token=TOKEN (default: "
+                        "$GPUCOMP_TOKEN, else none). A --token is visible to every user in the process list: "
+                        "prefer $GPUCOMP_TOKEN")
+    p.add_argument("--allow-origin", action="append", type=_origin, default=[], metavar="ORIGIN",
+                   help="a web page origin (https://app.example:8443) that may open sessions besides the server's "
+                        "own (repeat for more; default: the server's own only)")
     p.add_argument("--batch", type=int_range(1, 256), default=8,
                    help="frames of all sessions per model call (default 8)")
     p.add_argument("--workers", type=int_range(1, 256), default=4, help="image encoding threads (default 4)")
@@ -43,6 +47,15 @@ def register(sub) -> None:
     p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True, help="gpu: TF32 convolutions")
     add_model_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress while loading")
+
+
+def _origin(text: str) -> str:
+    from ..live.admission import normalize_origin
+
+    try:
+        return normalize_origin(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _ice_server(text: str):
@@ -97,7 +110,7 @@ def run(args) -> int:
         try:
             webrtc = WebRTCSettings(host=args.host, ice_servers=tuple(args.ice_server), bitrate=args.webrtc_bitrate)
             serve(scheduler, host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions,
-                  ready=ready, webrtc=webrtc)
+                  allow_origins=args.allow_origin, ready=ready, webrtc=webrtc)
         except OSError as exc:
             raise GpucompError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc})") from None
         except KeyboardInterrupt:

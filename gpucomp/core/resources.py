@@ -1,7 +1,11 @@
-"""How much memory the host has free, human-readable sizes, and where gpucomp caches what it builds."""
+"""How much memory the host has free (and giving freed memory back to it),
+human-readable sizes, and where gpucomp caches what it builds."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import os
 from pathlib import Path
 
@@ -26,6 +30,26 @@ def available_memory() -> int:
 
 def total_memory() -> int | None:
     return _meminfo("MemTotal")
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def release_free_memory() -> bool:
+    """Hand memory that was freed back to the system (glibc's malloc_trim(0)).
+    glibc keeps freed blocks in its arenas, one per thread that allocated, so a
+    long-running server that once held a lot (gigabytes of queued speech, say)
+    keeps that size until told; False where the C library has no such call."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 def format_bytes(n: float) -> str:

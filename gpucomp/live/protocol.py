@@ -18,6 +18,8 @@ SAMPLE_RATE = 16000           # speech in, and the audio carried by frames: s16l
 FORMATS = {"jpeg": "jpg", "png": "png"}
 COMMANDS = ("start", "end", "flush", "stop")
 MAX_TEXT = 4096               # bytes of one client text message
+MAX_MESSAGE = 4 << 20         # bytes of one client message of any kind (about two minutes of speech)
+MAX_CLOSE_REASON = 123        # bytes: a WebSocket close frame's payload is at most 125, 2 of them the code
 
 
 class ProtocolError(Exception):
@@ -33,10 +35,14 @@ class Command:
 
 def parse_command(text: str) -> Command:
     """A client text message, or a ProtocolError saying what is wrong with it."""
-    if len(text) > MAX_TEXT:
-        raise ProtocolError(f"text message of {len(text)} bytes; at most {MAX_TEXT}")
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_TEXT:
+        raise ProtocolError(f"text message of {size} bytes; at most {MAX_TEXT} bytes")
     try:
         message = json.loads(text)
+    except RecursionError:  # within the size limit, nesting can still exhaust the parser
+        raise ProtocolError("text messages must be JSON objects like {\"type\": \"start\", ...}; "
+                            "this one is nested too deeply") from None
     except ValueError:
         raise ProtocolError("text messages must be JSON objects like {\"type\": \"start\", ...}") from None
     if not isinstance(message, dict) or message.get("type") not in COMMANDS:
@@ -48,9 +54,14 @@ def parse_command(text: str) -> Command:
     if not isinstance(avatar, str) or not avatar:
         raise ProtocolError("start needs \"avatar\": the name of one of the server's avatars")
     fmt = message.get("format", "jpeg")
-    if fmt not in FORMATS:
-        raise ProtocolError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if not isinstance(fmt, str) or fmt not in FORMATS:
+        raise ProtocolError(f"format must be one of {', '.join(FORMATS)}, got {json.dumps(fmt)[:40]}")
     return Command("start", avatar, fmt)
+
+
+def close_reason(text: str) -> bytes:
+    """`text` as a close reason: UTF-8, cut at a character boundary to at most 123 bytes."""
+    return text.encode()[:MAX_CLOSE_REASON].decode("utf-8", "ignore").encode()
 
 
 def pingpong(n: int, count: int) -> int:
@@ -71,4 +82,4 @@ def audio_span(k: int, fps: float) -> tuple[int, int]:
 def pack_frame(header: dict, image: bytes, audio: bytes) -> bytes:
     """One binary frame message; the header gains the byte counts."""
     head = json.dumps({**header, "image": len(image), "audio": len(audio)}, separators=(",", ":")).encode()
-    return struct.pack(">I", len(head)) + head + image + audio
+    return b"".join((struct.pack(">I", len(head)), head, image, audio))  # one copy of the image, not two

@@ -1,13 +1,14 @@
-"""One scheduler for every live session: two threads around one engine.
+"""One scheduler for every live session: three threads around one engine.
 
-The slot thread, every frame period of any session,
-  1. takes what the sessions received (speech, end, flush), in order;
-  2. runs the mel front end on new speech and the audio encoder on the
-     windows of every session at once (one encoder call for all);
-  3. fills each session's frame slots that fall due within `lead` seconds:
-     the playing utterance's next row when its features are final (a render
-     job), else an idle frame (the avatar's own frame, encoded once, no model
-     run), so idle streams never wait on rendering.
+The speech thread turns every session's speech into features as it is
+needed (gpucomp/live/speech.py: the mel front end, and one audio encoder call
+for the new windows of all sessions), so no session's speech, however much
+of it came at once, holds up the others' frames.
+The slot thread, every frame period of any session, fills each session's
+frame slots that fall due within `lead` seconds: the playing utterance's next
+row when its features are final (a render job), else an idle frame (the
+avatar's own frame, encoded once, no model run), so idle streams never wait
+on rendering or on speech.
 The render thread, which alone calls the engine's compositing, first warms
 up every batch size it can form (1 .. the engine's batch) on itself, before
 the first session starts: ONNX Runtime keeps its CUDA handles and captured
@@ -39,15 +40,18 @@ import cv2
 import numpy as np
 
 from ..core.errors import GpucompError
+from ..core.resources import release_free_memory
 from ..engine.api import Avatar, Engine, FrameRequest, PendingFrames
 from ..io.encode import encode_jpeg
 from ..io.png import encode_png
-from ..speech.features import encode_windows
 from ..speech.stream import samples_needed
 from .protocol import FORMATS, audio_span, pack_frame, pingpong
-from .session import FrameParts, Outgoing, Session, Utterance
+from .session import FrameParts, Outgoing, Session
+from .speech import decode_speech
 
 log = logging.getLogger("gpucomp.live")
+SPEECH_PERIOD = 0.01  # seconds between the speech thread's passes while speech trickles in
+TRIM_DELAY = 1.0      # seconds after a session ends before freed memory goes back to the system
 
 
 def _yuv420p(bgr: np.ndarray) -> np.ndarray:
@@ -57,7 +61,6 @@ def _yuv420p(bgr: np.ndarray) -> np.ndarray:
 
 # The WebSocket's image formats, and the WebRTC transport's unencoded frames.
 ENCODERS = {"jpeg": encode_jpeg, "png": encode_png, "yuv420p": _yuv420p}
-ENCODER_BATCH = 256  # windows per encoder call, all sessions together
 
 
 class _Render:
@@ -136,6 +139,8 @@ class Scheduler:
         self.late_skipped = 0   # speech frames shown idle: more than max_delay late before rendering
         self._frame_seconds = 0.0  # rendering time per frame, a moving average
         self._in_flight: _Batch | None = None  # submitted, frames not yet taken (render thread)
+        self._speech_wanted = threading.Event()  # new speech, an end, slots filled, a session gone
+        self._trim_at: float | None = None
         self.steps = 0
 
     # -- lifecycle -------------------------------------------------------------
@@ -143,7 +148,7 @@ class Scheduler:
     def start(self):
         """Encode every avatar's idle frames as JPEG, start the render thread and
         wait until it has warmed up every batch size (an error doing so is
-        raised here), then start the slot thread."""
+        raised here), then start the slot and speech threads."""
         for name in self.avatars:
             self._encode_idle_images(name, "jpeg")
         for future in list(self._idle.values()):
@@ -153,12 +158,14 @@ class Scheduler:
         self._threads = [render]
         render.start()
         warm.result()
-        slots = threading.Thread(target=self._guarded, args=(self._slots,), name="live-slots", daemon=True)
-        self._threads.append(slots)
-        slots.start()
+        for name, loop in (("live-slots", self._slots), ("live-speech", self._speech)):
+            thread = threading.Thread(target=self._guarded, args=(loop,), name=name, daemon=True)
+            self._threads.append(thread)
+            thread.start()
 
     def stop(self):
         self._stop = True
+        self._speech_wanted.set()
         for condition in (self._cond, self._jobs):
             with condition:
                 condition.notify_all()
@@ -190,16 +197,36 @@ class Scheduler:
             self._cond.notify_all()
 
     def close(self, session: Session):
-        """Forget a session and everything it holds (event loop thread)."""
+        """Forget a session and everything it holds (event loop thread); its
+        speech is decoded no further, and once what was under way for it is
+        done, the memory it freed goes back to the system."""
         session.closed = True
         with self._cond:
             self.sessions.pop(session.id, None)
             self._order.pop(session.id, None)
+            self._trim_at = time.monotonic() + TRIM_DELAY
             self._cond.notify_all()
 
     def wake(self):
         with self._cond:
             self._cond.notify_all()
+
+    def hear(self, session: Session, data: bytes, now: float):
+        """A client's speech, s16le (event loop thread, every message): taken in at
+        once, or a ProtocolError past the session's bounds."""
+        session.hear(data, now)
+        if not self._speech_wanted.is_set():  # a read, where set() takes a lock
+            self._speech_wanted.set()
+
+    def take(self, session: Session, command: str, now: float):
+        """A client's `end` or `flush` (event loop thread)."""
+        if command == "end":
+            notice = session.end(now)
+            if notice is not None:
+                session.notify(notice)
+                self._speech_wanted.set()  # the last rows can be computed
+        elif command == "flush" and session.flush():
+            self.wake()
 
     def _guarded(self, loop):
         """Run a thread's loop; a failure is told to every session and the loop goes on."""
@@ -219,7 +246,7 @@ class Scheduler:
                 sessions = list(self.sessions.values())
             self._step(sessions)
             with self._cond:
-                if not self._stop and not any(s.inbox for s in self.sessions.values()):
+                if not self._stop:
                     self._cond.wait(timeout=self._idle_time())
 
     def _idle_time(self) -> float:
@@ -230,71 +257,30 @@ class Scheduler:
 
     def _step(self, sessions: list[Session]):
         self.steps += 1
-        for session in sessions:
-            try:
-                self._ingest(session)
-            except (GpucompError, OverflowError, ValueError) as exc:
-                self._fail(session, str(exc))
-        self._encode_features([s for s in sessions if not s.closed])
         now = time.monotonic()
         jobs = []
         for session in sessions:
             if not session.closed:
+                self._apply_flush(session)
                 jobs.extend(self._fill(session, now))
         if jobs:
             with self._jobs:
                 self._renders.extend(jobs)
                 self._jobs.notify_all()
+            self._speech_wanted.set()  # rows were used: the speech thread may decode further ahead
 
-    def _ingest(self, session: Session):
-        for event in session.take_inbox():
-            kind = event[0]
-            if kind == "audio":
-                _, pcm, when = event
-                if not session.utterances or session.utterances[-1].stream.ended:
-                    session.utterances.append(Utterance(next(session.utterance_numbers), session.fps))
-                session.utterances[-1].add(pcm, when)
-            elif kind == "end":
-                if session.utterances and not session.utterances[-1].stream.ended:
-                    utterance = session.utterances[-1]
-                    utterance.end(event[1])
-                    rows = utterance.stream.rows
-                    message = {"type": "utterance", "utterance": utterance.number, "frames": rows,
-                               "seconds": utterance.samples / 16000}
-                    if not rows:
-                        session.utterances.remove(utterance)
-                        message["note"] = "shorter than one mel window (3000 samples): nothing to say"
-                    self._notify(session, message)
-            elif kind == "flush":
-                # Speech not yet rendered is dropped here; frames already rendered
-                # but not yet sent are turned into idle frames by the sender.
-                if session.utterances:
-                    last = session.utterances[-1].number
-                    session.utterances.clear()
-                    with self._jobs:
-                        dropped = [r for r in self._renders if r.session is session]
-                        self._renders = [r for r in self._renders if r.session is not session]
-                    for render in dropped:  # their slots still need a frame
-                        self._idle_frame(session, render.frame, render.avatar_frame)
-                    session.loop.call_soon_threadsafe(session.flushed, last)
-
-    def _encode_features(self, sessions: list[Session]):
-        """One encoder call for the new windows of every session."""
-        taken = []
-        for session in sessions:
-            for utterance in session.utterances:
-                first, windows = utterance.stream.take_windows()
-                if len(windows):
-                    taken.append((utterance.stream, first, windows))
-        if not taken:
+    def _apply_flush(self, session: Session):
+        """Renders of flushed utterances not yet taken become idle frames; the
+        sender turns frames already rendered into idle ones."""
+        through = session.flushed_through
+        if through <= session.flush_applied:
             return
-        windows = np.concatenate([w for _, _, w in taken])
-        rows = np.concatenate([encode_windows(self.engine.encoder, windows[lo : lo + ENCODER_BATCH])
-                               for lo in range(0, len(windows), ENCODER_BATCH)])
-        at = 0
-        for stream, first, w in taken:
-            stream.put_rows(first, rows[at : at + len(w)])
-            at += len(w)
+        session.flush_applied = through
+        with self._jobs:
+            dropped = [r for r in self._renders if r.session is session and r.utterance.number <= through]
+            self._renders = [r for r in self._renders if not (r.session is session and r.utterance.number <= through)]
+        for render in dropped:  # their slots still need a frame
+            self._idle_frame(session, render.frame, render.avatar_frame)
 
     def _fill(self, session: Session, now: float) -> list[_Render]:
         """Every slot due within `lead`: the next speech row when it is ready (a
@@ -307,19 +293,21 @@ class Scheduler:
             n = session.next_slot
             session.next_slot += 1
             f = pingpong(n, session.frames)
-            while session.utterances and session.utterances[0].finished:
-                session.utterances.popleft()
-            utterance = session.utterances[0] if session.utterances else None
-            # A client whose queue is full gets its speech slots as idle frames:
-            # they would be dropped, and rendering them would delay the others.
-            backed_up = len(session.outbox) >= session.capacity
-            if utterance is not None and utterance.ready() and not backed_up:
+            utterance = session.playing()
+            if (utterance is not None and not session.backed_up(now) and utterance.number > session.flushed_through
+                    and utterance.ready() and self._may_start(session, n, utterance)):
                 k = utterance.next_row
                 utterance.next_row += 1
                 jobs.append(_Render(session, n, f, utterance, k, session.due(n)))
             else:
                 self._idle_frame(session, n, f)
         return jobs
+
+    def _may_start(self, session: Session, n: int, utterance) -> bool:
+        """An utterance starts at a slot that was to be filled after its row 0's
+        speech had arrived, never at a slot filled late (a busy machine), so the
+        silence before it is as long as the client made it."""
+        return utterance.next_row > 0 or session.due(n) - self.lead >= utterance.needed_at(0)
 
     def _idle_frame(self, session: Session, n: int, f: int, *, may_wait: bool = True) -> bool:
         """Slot n becomes idle; False when its image is not under way yet and
@@ -347,6 +335,23 @@ class Scheduler:
         image.add_done_callback(lambda done: payload.set_result(_payload(session, header, done.result(),
                                                                          bytes(2 * (b - a)))))
         return payload
+
+    # -- the speech thread -------------------------------------------------------------
+
+    def _speech(self):
+        while not self._stop:
+            self._speech_wanted.clear()
+            started = time.monotonic()
+            with self._cond:
+                sessions = list(self.sessions.values())
+            more = decode_speech(self.engine.encoder, sessions, self._fail)
+            if self._trim_at is not None and started >= self._trim_at:
+                self._trim_at = None
+                release_free_memory()
+            if not more:
+                # Let speech that trickles in (64-byte messages, say) gather for a moment.
+                time.sleep(max(0.0, started + SPEECH_PERIOD - time.monotonic()))
+                self._speech_wanted.wait(timeout=0.1)
 
     # -- the render thread -------------------------------------------------------------
 

@@ -10,49 +10,65 @@ waits on that connection alone.
     GET /v1/live      the WebSocket of docs/LIVE.md
     POST /v1/webrtc   a WebRTC session (webrtc.py): the same scheduler and admission
     GET /v1/stats     what the scheduler and the sessions have done
+
+Who may use which endpoint (Host, Origin, token, places, time limits) and the
+access log are admission.py's, for every endpoint. Frames go out without
+per-message compression: JPEG and PNG are compressed already, and deflating
+every frame again for every session cost more than the rest of an idle
+session's work (permessage-deflate, which browsers offer, is declined).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
+import contextlib
 import logging
+import struct
+import sys
 import threading
 import time
 from pathlib import Path
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
-from .protocol import SAMPLE_RATE, ProtocolError, parse_command
+from .admission import POLICY, AccessLog, Admission, access_log
+from .protocol import MAX_MESSAGE, SAMPLE_RATE, ProtocolError, close_reason, parse_command
 from .scheduler import Scheduler
 from .session import Session
 from .webrtc import WebRTCPeers, WebRTCSettings, register
 
 log = logging.getLogger("gpucomp.live")
 STATIC = Path(__file__).resolve().parent / "static"
-POLICY = 1008  # WebSocket close code: the message broke the protocol's rules
-MAX_MESSAGE = 4 << 20  # bytes of one client message (about two minutes of speech)
+REFUSE_TIMEOUT = 5.0  # seconds to tell a client why, before its connection is cut anyway
+LINGER_SECONDS = 5.0  # to tell a client still sending an oversized message why, before closing
+# One connection's messages may take at most this share of the event loop's
+# time, in turns of TURN_SECONDS: a client that floods the server with tiny
+# messages is slowed down (by TCP flow control) instead of delaying every
+# other session's frames. A client that speaks in real time, or sends a file
+# in chunks of a few hundred bytes or more, never waits.
+INTAKE_SHARE = 0.1
+TURN_SECONDS = 0.001
 
 
 SCHEDULER = web.AppKey("scheduler", Scheduler)
-TOKEN = web.AppKey("token", object)
-MAX_SESSIONS = web.AppKey("max_sessions", object)
+ADMISSION = web.AppKey("admission", Admission)
 CONNECTIONS = web.AppKey("connections", set)
 WEBRTC = web.AppKey("webrtc", WebRTCPeers)
-UNAUTHORIZED = "unauthorized: send Authorization: Bearer TOKEN or ?token=TOKEN"
 
 
-def make_app(scheduler: Scheduler, *, token: str | None = None, max_sessions: int | None = None,
+def make_app(scheduler: Scheduler, admission: Admission | None = None,
              webrtc: WebRTCSettings | None = None) -> web.Application:
-    app = web.Application()
-    app[SCHEDULER], app[TOKEN], app[MAX_SESSIONS] = scheduler, token, max_sessions
+    admission = admission or Admission()
+    admission.sessions = lambda: len(scheduler.sessions)
+    app = web.Application(middlewares=[admission.middleware])
+    app[SCHEDULER], app[ADMISSION] = scheduler, admission
     app[CONNECTIONS] = set()
     app.router.add_get("/", _page)
     app.router.add_get("/v1/avatars", _avatars)
     app.router.add_get("/v1/stats", _stats)
     app.router.add_get("/v1/live", _live)
     app.on_shutdown.append(_close_all)
-    app[WEBRTC] = WebRTCPeers(scheduler, webrtc or WebRTCSettings(), lambda request, avatar: _refusal(app, request, avatar))
+    app[WEBRTC] = WebRTCPeers(scheduler, webrtc or WebRTCSettings(), lambda request, avatar: _refusal(app, avatar))
     register(app, app[WEBRTC])
     return app
 
@@ -69,117 +85,201 @@ async def _avatars(request: web.Request) -> web.Response:
 
 async def _stats(request: web.Request) -> web.Response:
     scheduler = request.app[SCHEDULER]
-    sessions = {s.id: s.stats.summary() | {"avatar": s.avatar_name} for s in list(scheduler.sessions.values())}
+    sessions = {s.id: s.stats.summary() | s.held() | {"avatar": s.avatar_name}
+                for s in list(scheduler.sessions.values())}
     return web.json_response({**scheduler.stats(), "per_session": sessions})
 
 
-def _authorized(request: web.Request) -> bool:
-    token = request.app[TOKEN]
-    if token is None:
-        return True
-    given = request.query.get("token", "")
-    header = request.headers.get("Authorization", "")
-    if header.startswith("Bearer "):
-        given = header[len("Bearer "):]
-    return hmac.compare_digest(given.encode(), token.encode())
+class _LiveSocket(web.WebSocketResponse):
+    """aiohttp closes a connection at once (1009, no reason) when a message is
+    over max_msg_size, and a client still sending it finds the connection reset
+    before it could read why. This says the limit, closes with it as the
+    reason, and reads (and drops) what the client still sends until it has
+    closed, LINGER_SECONDS at most, so that the reason arrives."""
+
+    async def prepare(self, request: web.BaseRequest):
+        self._transport = request.transport
+        return await super().prepare(request)
+
+    async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True) -> bool:
+        if code == WSCloseCode.MESSAGE_TOO_BIG and not message and not self.closed:
+            text = (f"a message may hold at most {MAX_MESSAGE} bytes ({MAX_MESSAGE >> 20} MiB): send speech in "
+                    "smaller chunks")
+            message = close_reason(text)
+            with contextlib.suppress(ConnectionError, RuntimeError, asyncio.TimeoutError):
+                await asyncio.wait_for(self._explain(text, code, message), LINGER_SECONDS)
+        return await super().close(code=code, message=message, drain=drain)
+
+    async def _explain(self, text: str, code: int, reason: bytes):
+        await self.send_json({"type": "error", "message": text})
+        await self.send_frame(struct.pack("!H", code) + reason, WSMsgType.CLOSE)
+        transport = self._transport
+        if not transport.is_reading():
+            transport.resume_reading()
+        while not transport.is_closing():  # aiohttp drops what arrives meanwhile
+            await asyncio.sleep(0.02)
 
 
 async def _refuse(ws: web.WebSocketResponse, message: str):
-    """The one clear error, then a close for this session alone."""
-    if not ws.closed:
-        try:
-            await ws.send_json({"type": "error", "message": message})
-        except ConnectionError:
-            pass
-        await ws.close(code=POLICY, message=message[:120].encode())
+    """The one clear error, then a close for this session alone; a client that
+    does not read gets its connection cut after REFUSE_TIMEOUT."""
+    if ws.closed:
+        return
+    try:
+        await asyncio.wait_for(ws.send_json({"type": "error", "message": message}), REFUSE_TIMEOUT)
+        await asyncio.wait_for(ws.close(code=POLICY, message=close_reason(message)), REFUSE_TIMEOUT)
+    except (ConnectionError, asyncio.TimeoutError):
+        transport = ws._req.transport if ws._req is not None else None
+        if transport is not None:
+            transport.abort()
 
 
 async def _live(request: web.Request) -> web.WebSocketResponse:
-    app = request.app
-    scheduler: Scheduler = app[SCHEDULER]
-    ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, heartbeat=30)
+    ws = _LiveSocket(max_msg_size=MAX_MESSAGE, heartbeat=30, compress=False)
     await ws.prepare(request)
-    if not _authorized(request):
-        await ws.close(code=POLICY, message=UNAUTHORIZED.encode())
+    admission = request.app[ADMISSION]
+    full = admission.full()
+    if full:
+        admission.refused(request, full)
+        await _refuse(ws, full.message)
         return ws
-    app[CONNECTIONS].add(ws)
-    session: Session | None = None
-    sender: asyncio.Task | None = None
-    loop = asyncio.get_running_loop()
+    admission.waiting += 1  # until its session starts, the connection holds the place
+    connection = _Connection(request, ws)
+    request.app[CONNECTIONS].add(ws)
     try:
-        async for message in ws:
-            if message.type == WSMsgType.TEXT:
-                try:
-                    command = parse_command(message.data)
-                except ProtocolError as exc:
-                    await _refuse(ws, str(exc))
-                    break
-                if command.type == "start":
-                    problem = _start_problem(app, session, command.avatar)
-                    if problem:
-                        await _refuse(ws, problem)
-                        break
-                    session = scheduler.open(command.avatar, command.format, loop)
-                    avatar = session.avatar
-                    await ws.send_json({"type": "started", "session": session.id, "fps": avatar.fps,
-                                        "width": avatar.width, "height": avatar.height, "sample_rate": SAMPLE_RATE,
-                                        "avatar": command.avatar, "frames": len(avatar),
-                                        "batch": scheduler.engine.settings.batch, "lead": scheduler.lead})
-                    sender = asyncio.create_task(_send(ws, session, scheduler))
-                elif session is None:
-                    await _refuse(ws, f"send {{\"type\": \"start\", \"avatar\": ...}} before \"{command.type}\"")
-                    break
-                elif command.type == "stop":
-                    break
-                else:
-                    session.post((command.type, time.monotonic()))
-                    scheduler.wake()
-            elif message.type == WSMsgType.BINARY:
-                if session is None:
-                    await _refuse(ws, "send {\"type\": \"start\", \"avatar\": ...} before any speech")
-                    break
-                pcm = session.pcm(message.data)
-                if len(pcm):
-                    # No wake-up: the scheduler takes speech in when it next fills a
-                    # slot (every frame period), which is when it could use it.
-                    session.post(("audio", pcm, time.monotonic()))
-            else:  # an error or a close
-                break
+        await connection.run()
     finally:
-        if sender is not None:
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
-        if session is not None:
-            scheduler.close(session)
-        app[CONNECTIONS].discard(ws)
+        if connection.session is None:
+            admission.waiting -= 1
+        await connection.end()
+        request.app[CONNECTIONS].discard(ws)
         if not ws.closed:
             await ws.close()
     return ws
 
 
-def _start_problem(app: web.Application, session: Session | None, avatar: str) -> str | None:
-    scheduler: Scheduler = app[SCHEDULER]
-    if session is not None:
-        return "this connection already has a session"
+class _Connection:
+    """One WebSocket of /v1/live: its messages in order, and the session they open."""
+
+    def __init__(self, request: web.Request, ws: web.WebSocketResponse):
+        self.request, self.ws = request, ws
+        self.scheduler: Scheduler = request.app[SCHEDULER]
+        self.admission: Admission = request.app[ADMISSION]
+        self.session: Session | None = None
+        self.sender: asyncio.Task | None = None
+        self.ended = "the client closed it"  # for the access log
+
+    async def run(self):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.admission.start_timeout
+        # The loop's CPU time (not wall time: a turn that was preempted did not
+        # take it) that this connection's messages took, this turn.
+        busy, mark = 0.0, None
+        while True:
+            if mark is not None:
+                busy += time.thread_time() - mark
+            if busy > TURN_SECONDS:
+                # Its turn is over: wait long enough that its share of the loop's time
+                # stays under INTAKE_SHARE (TCP flow control holds the client meanwhile).
+                await asyncio.sleep(busy * (1 / INTAKE_SHARE - 1))
+                busy = 0.0
+            try:  # until `start`, a time limit; after it, none (the heartbeat finds dead clients)
+                message = await self.ws.receive(timeout=None if self.session else max(0.001, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                return await self.refuse(f"no start within {self.admission.start_timeout:g} s of connecting")
+            mark, now = time.thread_time(), time.monotonic()
+            if message.type == WSMsgType.BINARY:
+                go_on = await self.speech(message.data, now)
+            elif message.type == WSMsgType.TEXT:
+                go_on = await self.command(message.data, now)
+            else:  # an error or a close
+                if message.type == WSMsgType.ERROR:
+                    self.ended = f"error: {message.data}"
+                return
+            if not go_on:
+                return
+
+    async def speech(self, data: bytes, now: float) -> bool:
+        if self.session is None:
+            return await self.refuse("send {\"type\": \"start\", \"avatar\": ...} before any speech")
+        try:
+            self.scheduler.hear(self.session, data, now)
+        except ProtocolError as exc:
+            return await self.refuse(str(exc))
+        return True
+
+    async def command(self, text: str, now: float) -> bool:
+        try:
+            command = parse_command(text)
+        except ProtocolError as exc:
+            return await self.refuse(str(exc))
+        session = self.session
+        if command.type == "start":
+            return await self.start(command)
+        if session is None:
+            return await self.refuse(f"send {{\"type\": \"start\", \"avatar\": ...}} before \"{command.type}\"")
+        if command.type == "stop":
+            self.ended = "stop"
+            return False
+        self.scheduler.take(session, command.type, now)
+        return True
+
+    async def start(self, command) -> bool:
+        scheduler = self.scheduler
+        if self.session is not None:
+            return await self.refuse("this connection already has a session")
+        problem = _avatar_problem(scheduler, command.avatar)
+        if problem:
+            return await self.refuse(problem)
+        self.admission.waiting -= 1  # its place is the session's now
+        session = self.session = scheduler.open(command.avatar, command.format, asyncio.get_running_loop())
+        self.admission.log(self.request, f"session {session.id} started: avatar {command.avatar}, {command.format}")
+        avatar = session.avatar
+        await self.ws.send_json({"type": "started", "session": session.id, "fps": avatar.fps, "width": avatar.width,
+                                 "height": avatar.height, "sample_rate": SAMPLE_RATE, "avatar": command.avatar,
+                                 "frames": len(avatar), "batch": scheduler.engine.settings.batch,
+                                 "lead": scheduler.lead})
+        self.sender = asyncio.create_task(_send(self.ws, session, scheduler))
+        return True
+
+    async def refuse(self, message: str) -> bool:
+        """The error, a close for this connection alone, and a line in the access log."""
+        who = f"session {self.session.id}" if self.session else "connection"
+        self.admission.log(self.request, f"{who} refused: {message}")
+        self.ended = f"refused: {message}"
+        await _refuse(self.ws, message)
+        return False
+
+    async def end(self):
+        """The session's sender stopped, the session closed (and logged)."""
+        if self.sender is not None:
+            self.sender.cancel()
+            await asyncio.gather(self.sender, return_exceptions=True)
+        session = self.session
+        if session is not None:
+            self.scheduler.close(session)
+            self.admission.log(self.request, f"session {session.id} ended after {time.monotonic() - session.t0:.1f} s: "
+                                             f"{session.stats.sent} frames sent, {session.stats.dropped} dropped "
+                                             f"({self.ended})")
+
+
+def _avatar_problem(scheduler: Scheduler, avatar: str) -> str | None:
     if avatar not in scheduler.avatars:
-        return f"unknown avatar {avatar!r} (this server has {', '.join(sorted(scheduler.avatars))})"
-    limit = app[MAX_SESSIONS]
-    if limit is not None and len(scheduler.sessions) >= limit:
-        return f"the server is full ({limit} sessions); try again later"
+        return f"unknown avatar {avatar[:80]!r} (this server has {', '.join(sorted(scheduler.avatars))})"
     return None
 
 
-def _refusal(app: web.Application, request: web.Request, avatar: str | None) -> tuple[int, str] | None:
-    """Why a new session (over WebRTC) is refused, as an HTTP status and the
-    message, or None: the WebSocket's checks."""
-    if not _authorized(request):
-        return 401, UNAUTHORIZED
+def _refusal(app: web.Application, avatar: str | None) -> tuple[int, str] | None:
+    """Why a new WebRTC session is refused, as an HTTP status and the message, or
+    None. Host, Origin and the token were checked by the admission middleware
+    before the offer was read; a WebRTC session's place is its scheduler session."""
     if avatar is None:
         return None
-    problem = _start_problem(app, None, avatar)
+    problem = _avatar_problem(app[SCHEDULER], avatar)
     if problem:
-        return (404 if avatar not in app[SCHEDULER].avatars else 503), problem
-    return None
+        return 404, problem
+    full = app[ADMISSION].full()
+    return (full.status, full.message) if full else None
 
 
 async def _send(ws: web.WebSocketResponse, session: Session, scheduler: Scheduler):
@@ -190,12 +290,14 @@ async def _send(ws: web.WebSocketResponse, session: Session, scheduler: Schedule
             notice = session.notices.popleft()
             await ws.send_json(notice)
             if notice["type"] == "error":
-                await ws.close(code=POLICY, message=notice["message"][:120].encode())
+                await ws.close(code=POLICY, message=close_reason(notice["message"]))
                 return
         item = await session.next_to_send()
         if item is None:  # a notice first
             continue
+        session.sending_since = time.monotonic()
         await ws.send_bytes(await session.payload_to_send(item, scheduler.idle_payload))
+        session.sending_since = None
         stats.record(item, time.monotonic(), period)
 
 
@@ -205,20 +307,36 @@ async def _close_all(app: web.Application):
 
 
 async def _listen(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app, handle_signals=False)
+    # aiohttp's keep-alive timer runs from the connection's start until a request
+    # has arrived: it is the time limit for a request's headers.
+    runner = web.AppRunner(app, handle_signals=False, keepalive_timeout=app[ADMISSION].header_timeout,
+                           access_log_class=AccessLog, access_log=access_log)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     bound = runner.addresses[0][1] if runner.addresses else port
     return runner, f"http://{host}:{bound}"
 
 
+def _log_to(stream):
+    """The access log and the server's warnings, a line each, on `stream`."""
+    logger = logging.getLogger("gpucomp.live")
+    if not logger.handlers:
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def serve(scheduler: Scheduler, *, host: str, port: int, token: str | None, max_sessions: int | None,
-          ready=None, webrtc: WebRTCSettings | None = None) -> None:
-    """Run until interrupted; `ready(url)` is called once the server listens."""
+          allow_origins=(), ready=None, webrtc: WebRTCSettings | None = None, log_stream=sys.stderr) -> None:
+    """Run until interrupted; `ready(url)` is called once the server listens.
+    The access log goes to `log_stream`."""
+    _log_to(log_stream)
+    admission = Admission(host=host, token=token, allow_origins=allow_origins, max_sessions=max_sessions)
+
     async def main():
-        settings = webrtc or WebRTCSettings(host=host)
-        runner, url = await _listen(make_app(scheduler, token=token, max_sessions=max_sessions, webrtc=settings),
-                                    host, port)
+        app = make_app(scheduler, admission, webrtc or WebRTCSettings(host=host))
+        runner, url = await _listen(app, host, port)
         if ready:
             ready(url)
         try:
@@ -231,14 +349,14 @@ def serve(scheduler: Scheduler, *, host: str, port: int, token: str | None, max_
 
 class LiveServer:
     """The live server on a thread of its own, for a program that embeds it
-    (and for the tests and the live benchmark): `with LiveServer(scheduler) as url: ...`."""
+    (and for the tests and the live benchmark): `with LiveServer(scheduler) as url: ...`.
+    The keywords are Admission's (token, allow_origins, max_sessions, time limits)."""
 
-    def __init__(self, scheduler: Scheduler, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
-                 max_sessions: int | None = None, webrtc: WebRTCSettings | None = None):
+    def __init__(self, scheduler: Scheduler, *, host: str = "127.0.0.1", port: int = 0,
+                 webrtc: WebRTCSettings | None = None, **admission):
         self.scheduler = scheduler
         self._args = (host, port)
-        self._app = make_app(scheduler, token=token, max_sessions=max_sessions,
-                             webrtc=webrtc or WebRTCSettings(host=host))
+        self._app = make_app(scheduler, Admission(host=host, **admission), webrtc or WebRTCSettings(host=host))
         self._loop = asyncio.new_event_loop()
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None

@@ -4,16 +4,22 @@ Frame n of a session is due at `t0 + n / fps` and shows avatar frame
 pingpong(n). When the scheduler fills slot n it takes the playing utterance's
 next row if that row's features are final, else the slot is an idle frame:
 the stream never waits for speech, and an utterance starts at the first slot
-after its row 0 is ready. State is split by thread: `inbox` is filled by the
-server's event loop and drained by the scheduler thread, which alone touches
-utterances and slots; `outbox` belongs to the event loop.
+filled after its row 0's speech had arrived and its features are final.
+
+Speech is taken in on the event loop as it arrives (`hear`, `end`, `flush`),
+in time proportional to its size and within a session's bounds: at most
+MAX_QUEUED_SECONDS of speech and MAX_QUEUED_UTTERANCES utterances not yet
+shown; more is refused (a ProtocolError: an error and a close for this
+session alone). The scheduler's speech thread turns it into features as far
+ahead of what is shown as it needs (`Utterance.decode`), its slot thread puts
+rows in slots, and `outbox` belongs to the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import itertools
+import mmap
 import threading
 import time
 from collections import deque
@@ -21,73 +27,112 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..speech.stream import FeatureStream, samples_needed
-from .protocol import SAMPLE_RATE, audio_span
+from ..speech.stream import FeatureStream, padded_rows, samples_needed
+from .protocol import SAMPLE_RATE, ProtocolError, audio_span
 
 _ids = itertools.count(1)
 
-# An utterance may hold at most this much speech: its samples are kept for the
-# frames' audio until it has been shown.
-MAX_UTTERANCE_SECONDS = 600
+# Speech is kept (for the frames' audio) until it has been shown; a session
+# holds at most this much not yet shown, in one utterance or many.
+MAX_QUEUED_SECONDS = 600       # 19.2 MB of samples
+MAX_QUEUED_UTTERANCES = 64
 
 
 class Utterance:
+    """One utterance. Its samples arrive on the event loop (`add`, `end`); the
+    speech thread turns them into features (`decode`); the slot thread puts its
+    rows in slots (`next_row`); encoder threads read each frame's audio."""
+
     def __init__(self, number: int, fps: float):
         self.number = number
-        self.stream = FeatureStream(fps)
         self.fps = fps
-        self._pcm = np.empty(SAMPLE_RATE, np.int16)
-        self.next_row = 0             # the next row to put in a slot
-        self.arrivals: list[tuple[int, float]] = []  # (samples in after a chunk, when it came)
-        self._totals: list[int] = []  # the first of each, for bisect
+        self.stream = FeatureStream(fps)
+        # The s16le bytes as they came, in anonymous memory reserved for the most
+        # a session may hold: pages are taken as they are written and given back
+        # to the system when the utterance is dropped, and it never moves, so a
+        # message costs one copy of itself, however small it is.
+        self._buffer = mmap.mmap(-1, 2 * MAX_QUEUED_SECONDS * SAMPLE_RATE)
+        self._size = 0
         self.ended_at: float | None = None
+        self.rows: int | None = None  # M, fixed by the end
+        self.decoded = 0              # samples handed to the front end (speech thread)
+        self.next_row = 0             # the next row to put in a slot (slot thread)
+        # When the speech each row needs had arrived: one time per row, not per message.
+        self._arrived: list[float] = []
+        self._next_need = 2 * samples_needed(0, fps)
 
     @property
     def samples(self) -> int:
-        return self.stream.samples
+        return self._size // 2
 
-    def add(self, pcm: np.ndarray, now: float):
-        total = self.samples + len(pcm)
-        if total > MAX_UTTERANCE_SECONDS * SAMPLE_RATE:
-            raise OverflowError(f"an utterance may last at most {MAX_UTTERANCE_SECONDS} s")
-        if total > len(self._pcm):
-            grown = np.empty(max(total, 2 * len(self._pcm)), np.int16)
-            grown[: self.samples] = self._pcm[: self.samples]
-            self._pcm = grown
-        self._pcm[self.samples : total] = pcm
-        # int16 / 32768, as FFmpeg decodes s16 audio for the offline front end.
-        self.stream.push(pcm.astype(np.float32) / np.float32(32768))
-        self.arrivals.append((total, now))
-        self._totals.append(total)
+    def _pcm(self) -> np.ndarray:
+        """The samples so far (any thread)."""
+        return np.frombuffer(self._buffer, "<i2", self._size // 2)
 
-    def end(self, now: float):
+    # -- event loop side ------------------------------------------------------------------
+
+    def add(self, data, now: float):
+        """s16le bytes, an even number of them (within the session's bound)."""
+        end = self._size + len(data)
+        self._buffer[self._size : end] = data
+        self._size = end
+        while self._next_need <= end:
+            self._arrived.append(now)
+            self._next_need = 2 * samples_needed(len(self._arrived), self.fps)
+
+    def end(self, now: float) -> int:
+        """No more speech: M, the rows, known at once from the number of samples."""
         if self.ended_at is None:
             self.ended_at = now
+            self.rows = padded_rows(self.samples, self.fps)
+        return self.rows
+
+    # -- the speech thread ------------------------------------------------------------
+
+    @property
+    def undecoded(self) -> bool:
+        """Speech (or the end) not yet handed to the front end."""
+        return self.decoded < self.samples or (self.ended_at is not None and not self.stream.ended)
+
+    def decode(self, limit: int):
+        """Hand up to `limit` more samples to the front end, and the end once
+        every sample has been."""
+        ended = self.ended_at is not None  # read first: once it is set, every sample is in
+        pcm = self._pcm()
+        samples = len(pcm)
+        upto = min(samples, self.decoded + limit)
+        if upto > self.decoded:
+            # int16 / 32768, as FFmpeg decodes s16 audio for the offline front end.
+            self.stream.push(pcm[self.decoded : upto].astype(np.float32) / np.float32(32768))
+            self.decoded = upto
+        if ended and self.decoded == samples:
             self.stream.end()
+
+    # -- the slot thread ----------------------------------------------------------------
 
     @property
     def finished(self) -> bool:
         """Every row has been given a slot (or the speech was too short for any)."""
-        rows = self.stream.rows
-        return rows is not None and self.stream.done and self.next_row >= rows
+        return self.rows is not None and self.next_row >= self.rows
 
     def ready(self) -> bool:
         """Whether the next row's features are final."""
         return self.stream.frame_ready(self.next_row)
 
+    # -- any thread ------------------------------------------------------------------------
+
     def audio(self, k: int) -> bytes:
         """The speech frame k carries: samples k*16000/fps .. (k+1)*16000/fps, zeros past the end."""
         a, b = audio_span(k, self.fps)
         out = np.zeros(b - a, np.int16)
-        part = self._pcm[a : min(b, self.samples)]
+        part = self._pcm()[a:b]
         out[: len(part)] = part
         return out.astype("<i2").tobytes()
 
     def needed_at(self, k: int) -> float:
         """When the last speech row k needs had arrived (the end, when it needs the end)."""
-        at = bisect.bisect_left(self._totals, samples_needed(k, self.fps))
-        if at < len(self._totals):
-            return self.arrivals[at][1]
+        if k < len(self._arrived):
+            return self._arrived[k]
         return self.ended_at if self.ended_at is not None else time.monotonic()
 
 
@@ -150,15 +195,18 @@ class Session:
         self.frames = len(avatar)
         self.t0 = t0
         self.loop = loop
-        # Event loop -> scheduler: audio and commands, in order.
-        self.inbox: deque = deque()
-        self.inbox_lock = threading.Lock()
+        # Speech not yet shown, oldest first: the event loop appends, the slot
+        # thread retires what has been shown, the speech thread decodes.
+        self._speech_lock = threading.Lock()
+        self._speech: deque[Utterance] = deque()
+        self._queued_samples = 0
+        self._numbers = itertools.count(0)
+        self._open: Utterance | None = None  # the utterance speech goes to (event loop)
         self._odd_byte = b""
         # Scheduler thread only.
-        self.utterances: deque[Utterance] = deque()
-        self.utterance_numbers = itertools.count(0)
         self.next_slot = 0
         self.idle_waiting: list[tuple[int, int]] = []  # idle slots whose image is not encoded yet
+        self.flush_applied = -1
         self.closed = False
         # Event loop only.
         self.outbox: deque[Outgoing] = deque()
@@ -167,6 +215,7 @@ class Session:
         self.queue_seconds = queue_seconds
         self.capacity = max(1, round(queue_seconds * fps))
         self.flushed_through = -1
+        self.sending_since: float | None = None  # when the send under way began
         self.stats = SessionStats()
 
     def due(self, n: int) -> float:
@@ -174,22 +223,62 @@ class Session:
 
     # -- event loop side -----------------------------------------------------------
 
-    def pcm(self, data: bytes) -> np.ndarray:
-        """s16le samples of a binary message; an odd byte waits for the next one."""
-        data = self._odd_byte + data
-        whole = len(data) // 2 * 2
+    def hear(self, data: bytes, now: float):
+        """A binary message of s16le speech (an odd byte waits for the next one),
+        taken in at once, or a ProtocolError when it would exceed the bounds."""
+        if self._odd_byte:
+            data = self._odd_byte + data
+        whole = len(data) & ~1
         self._odd_byte = data[whole:]
-        return np.frombuffer(data[:whole], "<i2").copy()
+        if not whole:
+            return
+        with self._speech_lock:
+            if self._queued_samples + whole // 2 > MAX_QUEUED_SECONDS * SAMPLE_RATE:
+                raise ProtocolError(f"a session may hold at most {MAX_QUEUED_SECONDS} s of speech not yet shown")
+            if self._open is None:
+                if len(self._speech) >= MAX_QUEUED_UTTERANCES:
+                    raise ProtocolError(f"a session may hold at most {MAX_QUEUED_UTTERANCES} utterances not yet "
+                                        "shown")
+                self._open = Utterance(next(self._numbers), self.fps)
+                self._speech.append(self._open)
+            self._open.add(memoryview(data)[:whole], now)
+            self._queued_samples += whole // 2
 
-    def post(self, event):
-        with self.inbox_lock:
-            self.inbox.append(event)
+    def end(self, now: float) -> dict | None:
+        """`end`: the utterance notice to send (None when no utterance is open)."""
+        utterance, self._open = self._open, None
+        if utterance is None:
+            return None
+        rows = utterance.end(now)
+        message = {"type": "utterance", "utterance": utterance.number, "frames": rows,
+                   "seconds": utterance.samples / SAMPLE_RATE}
+        if not rows:
+            message["note"] = "shorter than one mel window (3000 samples): nothing to say"
+            self._retire(utterance)
+        return message
 
-    def take_inbox(self) -> list:
-        with self.inbox_lock:
-            events = list(self.inbox)
-            self.inbox.clear()
-        return events
+    def flush(self) -> bool:
+        """`flush`: every utterance not yet shown is dropped; whether there was one.
+        Frames already rendered but not yet sent go out idle (see the sender); the
+        scheduler turns renders not yet done into idle frames."""
+        with self._speech_lock:
+            if not self._speech:
+                return False
+            through = self._speech[-1].number
+            self._speech.clear()
+            self._queued_samples = 0
+        self._open = None
+        self.flushed(through)
+        return True
+
+    def backed_up(self, now: float) -> bool:
+        """Whether the client does not keep up (any thread): a frame has been on
+        its way to it for half a second (it stopped reading), or a second of
+        frames waits (its transport cannot go faster). Such a session gets its
+        speech slots as idle frames: they would be dropped, and rendering them
+        would delay the others."""
+        since = self.sending_since
+        return (since is not None and now - since > self.queue_seconds / 2) or len(self.outbox) >= self.capacity
 
     def deliver(self, item: Outgoing):
         """A finished frame, in frame order. Frames more than a second behind
@@ -211,10 +300,13 @@ class Session:
             if wait is not None and wait <= 0:
                 return self.outbox.popleft()
             self.wake.clear()
+            # A timer that sets `wake`, not asyncio.wait_for: no task per frame.
+            timer = None if wait is None else self.loop.call_later(wait, self.wake.set)
             try:
-                await asyncio.wait_for(self.wake.wait(), timeout=wait)
-            except asyncio.TimeoutError:
-                pass
+                await self.wake.wait()
+            finally:
+                if timer is not None:
+                    timer.cancel()
         return None
 
     async def payload_to_send(self, item: Outgoing, idle_payload):
@@ -236,3 +328,34 @@ class Session:
         sent are replaced by idle frames as they come (see the sender)."""
         self.flushed_through = max(self.flushed_through, through)
         self.wake.set()
+
+    # -- scheduler side ------------------------------------------------------------------
+
+    def held(self) -> dict:
+        """The speech this session holds, not yet shown (for /v1/stats; any thread)."""
+        with self._speech_lock:
+            return {"utterances_held": len(self._speech), "speech_held_s": self._queued_samples / SAMPLE_RATE}
+
+    def queued(self) -> list[Utterance]:
+        """The utterances not yet shown, oldest first (any thread)."""
+        with self._speech_lock:
+            return list(self._speech)
+
+    def playing(self) -> Utterance | None:
+        """The utterance whose rows go in the next slots, once those shown are
+        retired (slot thread)."""
+        with self._speech_lock:
+            while self._speech and self._speech[0].finished:
+                self._retire_locked(self._speech[0])
+            return self._speech[0] if self._speech else None
+
+    def _retire(self, utterance: Utterance):
+        with self._speech_lock:
+            self._retire_locked(utterance)
+
+    def _retire_locked(self, utterance: Utterance):
+        try:
+            self._speech.remove(utterance)
+        except ValueError:  # flushed meanwhile
+            return
+        self._queued_samples -= utterance.samples

@@ -311,9 +311,7 @@ class _Peer:
         if self.closed:
             return
         if isinstance(message, bytes):
-            pcm = session.pcm(message)
-            if len(pcm):
-                session.post(("audio", pcm, time.monotonic()))
+            self._hear(message)
             return
         try:
             command = parse_command(message)
@@ -325,8 +323,13 @@ class _Peer:
         elif command.type == "stop":
             self._spawn(self.close())
         else:
-            session.post((command.type, time.monotonic()))
-            self.scheduler.wake()
+            self.scheduler.take(session, command.type, time.monotonic())
+
+    def _hear(self, data: bytes):
+        try:
+            self.scheduler.hear(self.session, data, time.monotonic())
+        except ProtocolError as exc:  # past the session's bounds
+            self._refuse(str(exc))
 
     def _refuse(self, message: str):
         """The one clear error, then a close of this session alone."""
@@ -347,8 +350,8 @@ class _Peer:
                     continue
                 pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in resampler.resample(frame)] or
                                      [np.empty(0, np.int16)])
-                if len(pcm):
-                    self.session.post(("audio", pcm.astype(np.int16), time.monotonic()))
+                if len(pcm) and not self.closed:
+                    self._hear(pcm.astype("<i2").tobytes())
         except MediaStreamError:
             pass
 

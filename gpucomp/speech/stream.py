@@ -33,6 +33,20 @@ def samples_needed(k: int, fps: float) -> int:
     return last_mel_row * melspec.HOP + melspec.N_FFT // 2
 
 
+def window_total(samples: int, fps: float) -> int:
+    """n, the windows (encoder rows) of speech of `samples` samples: 0 when it
+    is shorter than one mel window (3000 samples)."""
+    frames = melspec.mel_frames(samples)
+    return melspec.window_count(frames, fps) if frames >= melspec.WINDOW_FRAMES else 0
+
+
+def padded_rows(samples: int, fps: float) -> int:
+    """M = n + 2, the output frames of speech of `samples` samples (0 when it is
+    too short for any): known from the count alone, before any is computed."""
+    n = window_total(samples, fps)
+    return n + 2 if n else 0
+
+
 class FeatureStream:
     """One utterance's features, growing as its speech is pushed."""
 
@@ -63,8 +77,7 @@ class FeatureStream:
         if self.ended:
             return
         self._add_mel(self.mel.end())
-        frames = self.mel.rows
-        self.count = melspec.window_count(frames, self.fps) if frames >= melspec.WINDOW_FRAMES else 0
+        self.count = window_total(self.samples, self.fps)
 
     @property
     def rows(self) -> int | None:

@@ -70,17 +70,20 @@ class LiveClient:
     long-running program. buffer_frames, or buffer_seconds of frames at the
     stream's rate: how many frames not yet taken by `async for frame in client`
     are held; when a consumer falls behind, the oldest are dropped (counted in
-    `dropped`), so memory stays bounded whatever the reader does.
+    `dropped`), so memory stays bounded whatever the reader does. compress:
+    offer permessage-deflate with this window (15, as browsers do; the default
+    0 offers none: the frames are JPEG or PNG already).
     """
 
     def __init__(self, url: str, avatar: str, *, fmt: str = "jpeg", token: str | None = None,
                  headers: dict | None = None, keep_frames: bool = True, buffer_frames: int = 50,
-                 buffer_seconds: float | None = None):
+                 buffer_seconds: float | None = None, compress: int = 0):
         if buffer_frames < 1 or (buffer_seconds is not None and buffer_seconds <= 0):
             raise ValueError("the frame buffer must hold at least one frame")
         self.url = url.rstrip("/") + "/v1/live"
         self.avatar, self.format, self.token = avatar, fmt, token
         self.headers = dict(headers or {})
+        self.compress = compress
         if token is not None:
             self.headers["Authorization"] = f"Bearer {token}"
         self.started: dict | None = None
@@ -125,7 +128,8 @@ class LiveClient:
 
     async def connect(self):
         self._http = aiohttp.ClientSession()
-        self._ws = await self._http.ws_connect(self.url, headers=self.headers, max_msg_size=64 << 20)
+        self._ws = await self._http.ws_connect(self.url, headers=self.headers, max_msg_size=64 << 20,
+                                               compress=self.compress)
 
     async def start(self) -> dict:
         """Send start; the `started` message (or a RuntimeError with the server's error)."""
