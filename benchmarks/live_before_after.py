@@ -1,21 +1,22 @@
-"""The live benchmark on two source trees in one run, the code before a
-change against the code after it: for each round and each session count,
+"""The live benchmark on two source trees in one run, the server before a
+change against the server after it: for each round and each session count,
 before then after, one right after the other, so each pair sees the machine
 in the same state (a shared machine's load moves from minute to minute).
 
-    python3 benchmarks/live_before_after.py --before DIR --after DIR --out DIR
+    python3 benchmarks/live_before_after.py --before DIR --after DIR --out DIR [--bench DIR]
         [--rounds 3] [--sessions 1,2] [--seconds 8] [-- more `python -m gpucomp.bench --live` options]
 
-It compares the WebSocket transport (`-- --transport websocket` measures
-only that one): per run the speaking sessions' row and the server's CPU per
-idle session (`--live-idle`, 4 by default), each with the clients the tree's
-own benchmark uses.
-
-Each run is `python -m gpucomp.bench --live --live-sessions N` from the tree's
-own source (PYTHONPATH: the tree and its client package), writing
-OUT/<label>-n<N>-r<round>/; OUT/compare.md gives every run's row and, per
-session count, each tree's medians over the rounds. The before tree can be
-any checkout, e.g. `git archive main | tar -x -C /tmp/before`.
+Each run is `python -m gpucomp.bench --live --live-sessions N` of one tree,
+the after tree or `--bench DIR` (PYTHONPATH: that tree and its client
+package; it needs the bench's `--live-server-source`), so both servers are
+measured by the same clients, which offer permessage-deflate as browsers do;
+each run adds `--live-server-source TREE`, which starts `serve` from the tree
+measured. Each run writes OUT/<label>-n<N>-r<round>/; OUT/compare.md gives
+every run's row and, per session count, each tree's medians over the rounds:
+the WebSocket's speaking sessions (`-- --transport websocket` measures only
+that transport) and the server's CPU per idle session (`--live-idle`, 4 by
+default). The before tree can be any checkout, e.g. `git archive COMMIT | tar
+-x -C /tmp/before`.
 """
 
 from __future__ import annotations
@@ -30,13 +31,15 @@ import time
 from pathlib import Path
 
 
-def run_tree(tree: Path, out: Path, options: list[str]) -> dict:
-    env = dict(os.environ, PYTHONPATH=f"{tree}{os.pathsep}{tree / 'clients' / 'python'}", PYTHONUNBUFFERED="1")
+def run_tree(bench: Path, server: Path, out: Path, options: list[str]) -> dict:
+    """The live benchmark of the `bench` tree, its server from the `server` tree."""
+    env = dict(os.environ, PYTHONPATH=f"{bench}{os.pathsep}{bench / 'clients' / 'python'}", PYTHONUNBUFFERED="1")
     command = [sys.executable, "-m", "gpucomp.bench", "--live", "--quiet", "--output", str(out), *options]
-    result = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True, timeout=3600)
+    command += ["--live-server-source", str(server)]
+    result = subprocess.run(command, cwd=bench, env=env, capture_output=True, text=True, timeout=3600)
     (out.parent / f"{out.name}.log").write_text(result.stdout + result.stderr)
     if result.returncode != 0:
-        raise SystemExit(f"error: {tree}: the live benchmark failed (exit {result.returncode}); see {out}.log")
+        raise SystemExit(f"error: {server}: the live benchmark failed (exit {result.returncode}); see {out}.log")
     return json.loads((out / "live.json").read_text())
 
 
@@ -100,11 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before", type=Path, required=True)
     parser.add_argument("--after", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--bench", type=Path, default=None,
+                        help="the tree whose benchmark and clients measure both (default: --after)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sessions", default="1,2")
     parser.add_argument("--seconds", default="8")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    bench = (args.bench or args.after).resolve()
     runs = []
     for round_ in range(1, args.rounds + 1):
         for n in [int(v) for v in args.sessions.split(",")]:
@@ -112,11 +118,11 @@ def main(argv: list[str] | None = None) -> int:
             for label, tree in (("before", args.before.resolve()), ("after", args.after.resolve())):
                 print(f"round {round_}, {n} session(s): {label} ({tree})", file=sys.stderr, flush=True)
                 out = args.out.resolve() / f"{label}-n{n}-r{round_}"
-                runs.append((label, round_, run_tree(tree, out, options)))
+                runs.append((label, round_, run_tree(bench, tree, out, options)))
     text = "\n".join([f"# Live benchmark, before and after, {time.strftime('%Y-%m-%dT%H:%M:%S%z')}", "",
                       f"- command: `python3 benchmarks/live_before_after.py {' '.join(sys.argv[1:])}`",
-                      f"- before: {args.before}, after: {args.after}; per round and session count, before "
-                      f"then after", "",
+                      f"- before: {args.before}, after: {args.after}, each measured by the benchmark and clients "
+                      f"of {bench}; per round and session count, before then after", "",
                       *compare(runs)]) + "\n"
     (args.out / "compare.md").write_text(text)
     print(text)

@@ -38,3 +38,9 @@ def test_bad_transports_are_one_line_exit_2(capsys):
     assert bench_main(["--live", "--transport", "carrier-pigeon"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "webrtc" in err[0]
+
+
+def test_a_server_source_that_is_no_checkout_is_one_line_exit_2(capsys, tmp_path):
+    assert bench_main(["--live", "--live-server-source", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "not a checkout of gpucomp" in err[0]

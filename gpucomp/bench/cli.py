@@ -39,6 +39,13 @@ def _backends(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _gpucomp_checkout(text: str) -> Path:
+    path = Path(text).resolve()
+    if not (path / "gpucomp" / "__init__.py").is_file():
+        raise argparse.ArgumentTypeError(f"{text} is not a checkout of gpucomp (no gpucomp/__init__.py in it)")
+    return path
+
+
 def _grid(text: str) -> tuple[list[int], list[int]]:
     try:
         batches, workers = text.split(":")
@@ -95,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default 4; 0: skip)")
     live.add_argument("--live-width-mult", type=float_range(0, 4), default=0.25,
                       help="the demo UNet's width when --model is not given (default 0.25)")
+    live.add_argument("--live-server-source", type=_gpucomp_checkout, default=None, metavar="DIR",
+                      help="run the server from this checkout of gpucomp instead (another version, measured by "
+                           "this version's clients: benchmarks/live_before_after.py)")
     return p
 
 
@@ -321,7 +331,8 @@ def run_live(args) -> str:
     _say(f"live benchmark: results go to {out}/")
     section = live.run(data, model, encoder, backend=backend, counts=args.live_sessions or live.default_counts(),
                        seconds=args.live_seconds, batch=args.live_batch, workers=args.workers, lead=0.2,
-                       transports=args.transport, idle_sessions=args.live_idle, say=_say)
+                       transports=args.transport, idle_sessions=args.live_idle,
+                       server_source=args.live_server_source, say=_say)
     text = live.write(section, out, ["python", "-m", "gpucomp.bench", *sys.argv[1:]], info)
     return text + f"\nreports written to {out}\n"
 

@@ -256,13 +256,13 @@ def idle_cost(url: str, pid: int, transport: str, sessions: int, seconds: float)
 
 def run(avatar: Path, model: Path, encoder: Path, *, backend: str, counts: list[int], seconds: float, batch: int,
         workers: int, lead: float, transports=TRANSPORTS, idle_sessions: int = 4, idle_seconds: float = 8.0,
-        say=print) -> dict:
+        server_source: Path | None = None, say=print) -> dict:
     from ..core.telemetry import NvmlSampler, nvml_unavailable_reason
     from ..io.synth import synthetic_speech
 
     pcm = np.round(np.clip(synthetic_speech(seconds, 5), -1, 1) * 32767).astype("<i2")
     sampler = NvmlSampler().start() if nvml_unavailable_reason() is None else None
-    server = start_server(avatar, model, encoder, backend, batch, workers, lead)
+    server = start_server(avatar, model, encoder, backend, batch, workers, lead, source=server_source)
     url = server.url
     sections = {}
     try:
@@ -292,6 +292,7 @@ def run(avatar: Path, model: Path, encoder: Path, *, backend: str, counts: list[
         if sampler:
             sampler.stop()
     return {"backend": backend, "model": str(model), "avatar": str(avatar), "speech_seconds": seconds,
+            "server_source": None if server_source is None else str(server_source),
             "batch": batch, "workers": workers, "lead_s": lead, "transports": sections,
             "criterion": f"every session receives >= {HOLD_SHARE:.0%} of its frames and its p99 lateness is "
                          f"< {1000 * LATENESS_LIMIT:.0f} ms"}
