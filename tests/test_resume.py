@@ -46,6 +46,7 @@ def other_model(tmp_path_factory):
     (("--batch", "2"), "--batch"),
     (("--clip-rects",), "--clip-rects"),
     (("--frames", "7"), "the frame range"),
+    (("--precision", "fp16"), "--precision"),
 ])
 def test_resume_refuses_a_different_run(small_dataset, tiny_model, other_model, tmp_path, capsys, change, named):
     out = tmp_path / "o"

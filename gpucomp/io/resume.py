@@ -75,8 +75,11 @@ def run_record(*, dataset, model_path: Path, schedule, settings, feather: int, b
         "backend_family": family,
         "format": fmt,
     }
+    if settings.precision != "fp32":  # fp32 is left out so that records written before fp16 existed still match
+        record["precision"] = settings.precision
     if family == "cuda":
-        record.update(tf32=settings.tf32, cudnn_algo=settings.cudnn_algo, cuda_graph=settings.cuda_graph)
+        record.update(tf32=settings.tf32, cudnn_algo=settings.cudnn_algo, cuda_graph=settings.cuda_graph,
+                      prefer_nhwc=settings.prefer_nhwc)
     return record
 
 
@@ -84,7 +87,8 @@ _NAMES = {"model": "the model", "full_body_video": "the full-body video", "crops
           "rectangles": "the rectangles", "features": "the audio features", "frames": "the frame range",
           "avatar": "the avatar frames", "schedule": "--schedule",
           "batch": "--batch", "feather": "--feather", "clip_rects": "--clip-rects", "backend_family": "the backend",
-          "format": "--format", "tf32": "--tf32", "cudnn_algo": "--cudnn-algo", "cuda_graph": "--cuda-graph"}
+          "format": "--format", "precision": "--precision", "tf32": "--tf32", "cudnn_algo": "--cudnn-algo",
+          "cuda_graph": "--cuda-graph", "prefer_nhwc": "--prefer-nhwc"}
 
 
 def _differences(old: dict, new: dict) -> list[str]:
