@@ -37,10 +37,11 @@ import gpucomp
 from gpucomp.cli.demo import demo_audio_encoder, demo_dataset, demo_speech, demo_talking_model
 from gpucomp.io.encode import JPEG_QUALITY, encode_jpeg
 from gpucomp.live.protocol import audio_span, pingpong
+from gpucomp.live.webrtc import WebRTCSettings
 from gpucomp.live.webrtc_media import AudioEncoder, VideoEncoder, video_bitrate
 
 FPS = 25.0
-DEFAULT_BITRATE = 2_000_000
+DEFAULT_BITRATE = WebRTCSettings.bitrate  # what `serve` sends without --webrtc-bitrate
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

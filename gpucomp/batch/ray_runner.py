@@ -120,7 +120,6 @@ def run_ray(jobs: list[Job], *, address: str | None, cpus_per_worker: float, ret
         if on_started:
             on_started(list(actors))
         pending = deque((job, 0) for job in grouped(jobs))
-        busy: dict = {}  # object ref -> (actor, job, attempt)
         results, attempts = [], []
         while pending or busy:
             for actor in [a for a in actors if a not in {v[0] for v in busy.values()}]:

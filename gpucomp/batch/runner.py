@@ -87,12 +87,11 @@ def interrupted(job: Job, worker: str, stop: BaseException | None = None) -> dic
             "seconds": 0.0, "error": f"interrupted: {done}"}
 
 
-def run_local(jobs: list[Job], *, max_avatars: int, progress: BatchProgress) -> list[dict]:
-    """Every job in this process, on one worker."""
+def run_local(jobs: list[Job], *, max_avatars: int, progress: BatchProgress):
+    """Every job in this process, on one worker; each outcome goes to `progress`."""
     order = grouped(jobs)
     remaining = Counter(job.avatar_key for job in order)
     worker = Worker("local", max_avatars=max_avatars)
-    results = []
     try:
         for job in order:
             progress.started()
@@ -101,14 +100,12 @@ def run_local(jobs: list[Job], *, max_avatars: int, progress: BatchProgress) -> 
             except KeyboardInterrupt as stop:
                 progress.finished(interrupted(job, worker.name, stop))
                 raise
-            results.append(result)
             progress.finished(result)
             remaining[job.avatar_key] -= 1
             if not remaining[job.avatar_key]:
                 worker.release(job.avatar_key)
     finally:
         worker.close()
-    return results
 
 
 def where(ray: str | None) -> str:

@@ -25,6 +25,7 @@ under 100 ms; the answer is the largest N at which every session does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -106,7 +107,7 @@ class _Speaker:
     what arrived (frame number, header, when) and the bytes it took."""
 
     def __init__(self, url: str, transport: str):
-        self.url, self.transport = url, transport
+        self.transport = transport
         if transport == "websocket":
             self.client = LiveClient(url, "demo", compress=15)  # offering permessage-deflate, as browsers do
         else:
@@ -238,15 +239,11 @@ def idle_cost(url: str, pid: int, transport: str, sessions: int, seconds: float)
         return (cpu_seconds(pid) - cpu0) / (time.monotonic() - wall0)
 
     async def connected():
-        clients = [_Speaker(url, transport) for _ in range(sessions)]
-        for client in clients:
-            await client.__aenter__()
-        try:
+        async with contextlib.AsyncExitStack() as clients:  # each one connected is closed, however it ends
+            for _ in range(sessions):
+                await clients.enter_async_context(_Speaker(url, transport))
             await asyncio.sleep(1.0)  # past the start-up
             return await asyncio.get_running_loop().run_in_executor(None, cores)
-        finally:
-            for client in clients:
-                await client.__aexit__(None, None, None)
 
     alone = cores()
     busy = asyncio.run(connected())

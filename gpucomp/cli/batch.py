@@ -33,12 +33,12 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..batch import runner
-    from ..batch.jobs import load_jobs
+    from ..batch.jobs import NOT_IN_JOBS, load_jobs
 
     render_parser = Parser(prog="python -m gpucomp render")
     render.add_arguments(render_parser)
     defaults = {a.dest: getattr(args, a.dest) for a in render_parser._actions
-                if hasattr(args, a.dest) and a.dest not in ("help", "resume", "quiet")}
+                if hasattr(args, a.dest) and a.dest not in NOT_IN_JOBS}
     # Every line checked before any job runs; the backends where the jobs will run (not on a remote cluster).
     jobs = load_jobs(args.jobs, render_parser, defaults, backends_here=not args.ray)
     report_path = args.report or args.jobs.with_suffix(".report.json")  # beside the JOBS file

@@ -378,9 +378,7 @@ class Engine:
         live scheduler's render thread calls it before the first session, so no
         group it forms warms up mid-stream."""
         with self._call("engine.warm_up"):
-            sizes = set(range(1, self.settings.batch + 1) if sizes is None else sizes)
-            self._backend.check_batches(sizes)
-            self._backend.warm_up(sizes)
+            self._backend.warm_up(set(range(1, self.settings.batch + 1) if sizes is None else sizes))
 
     def composite(self, requests: Sequence[FrameRequest]) -> list[np.ndarray]:
         """Frames of resident avatars, in order, each (H, W, 3) uint8 BGR: the

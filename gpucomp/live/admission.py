@@ -24,12 +24,12 @@ endpoint (an HTTP POST that opens a session goes through the same checks).
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from gpucomp_client.webrtc import is_loopback
 from yarl import URL
 
 from .protocol import close_reason
@@ -71,12 +71,7 @@ def _authority(origin: str) -> str:
 
 
 def _is_loopback(host: str) -> bool:
-    if host.rstrip(".").lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(host.rstrip(".").lower())
 
 
 def _secret(text: str) -> bytes:

@@ -45,7 +45,7 @@ from ..engine.api import Avatar, Engine, FrameRequest, PendingFrames
 from ..io.encode import encode_jpeg
 from ..io.png import encode_png
 from ..speech.stream import samples_needed
-from .protocol import FORMATS, audio_span, pack_frame, pingpong
+from .protocol import FORMATS, SAMPLE_RATE, audio_span, pack_frame, pingpong
 from .session import FrameParts, Outgoing, Session
 from .speech import decode_speech
 
@@ -189,6 +189,13 @@ class Scheduler:
             self._order[session.id] = _InOrder(session)
             self._cond.notify_all()
         return session
+
+    def started(self, session: Session) -> dict:
+        """The `started` message of docs/LIVE.md for `session`, as every transport sends it."""
+        avatar = session.avatar
+        return {"type": "started", "session": session.id, "fps": avatar.fps, "width": avatar.width,
+                "height": avatar.height, "sample_rate": SAMPLE_RATE, "avatar": session.avatar_name,
+                "frames": len(avatar), "batch": self.engine.settings.batch, "lead": self.lead}
 
     def begin(self, session: Session):
         """Frame 0 of a deferred session falls due `start_delay` from now."""

@@ -31,8 +31,8 @@ from pathlib import Path
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from .admission import POLICY, AccessLog, Admission, access_log
-from .protocol import MAX_MESSAGE, SAMPLE_RATE, ProtocolError, close_reason, parse_command
+from .admission import POLICY, AccessLog, Admission, Refusal, access_log
+from .protocol import MAX_MESSAGE, ProtocolError, close_reason, parse_command
 from .scheduler import Scheduler
 from .session import Session
 from .webrtc import WebRTCPeers, WebRTCSettings, register
@@ -68,7 +68,7 @@ def make_app(scheduler: Scheduler, admission: Admission | None = None,
     app.router.add_get("/v1/stats", _stats)
     app.router.add_get("/v1/live", _live)
     app.on_shutdown.append(_close_all)
-    app[WEBRTC] = WebRTCPeers(scheduler, webrtc or WebRTCSettings(), lambda request, avatar: _refusal(app, avatar))
+    app[WEBRTC] = WebRTCPeers(scheduler, webrtc or WebRTCSettings(), lambda avatar: _refusal(app, avatar))
     register(app, app[WEBRTC])
     return app
 
@@ -120,7 +120,7 @@ class _LiveSocket(web.WebSocketResponse):
             await asyncio.sleep(0.02)
 
 
-async def _refuse(ws: web.WebSocketResponse, message: str):
+async def _refuse(ws: _LiveSocket, message: str):
     """The one clear error, then a close for this session alone; a client that
     does not read gets its connection cut after REFUSE_TIMEOUT."""
     if ws.closed:
@@ -129,9 +129,8 @@ async def _refuse(ws: web.WebSocketResponse, message: str):
         await asyncio.wait_for(ws.send_json({"type": "error", "message": message}), REFUSE_TIMEOUT)
         await asyncio.wait_for(ws.close(code=POLICY, message=close_reason(message)), REFUSE_TIMEOUT)
     except (ConnectionError, asyncio.TimeoutError):
-        transport = ws._req.transport if ws._req is not None else None
-        if transport is not None:
-            transport.abort()
+        if ws._transport is not None:
+            ws._transport.abort()
 
 
 async def _live(request: web.Request) -> web.WebSocketResponse:
@@ -234,11 +233,7 @@ class _Connection:
         self.admission.waiting -= 1  # its place is the session's now
         session = self.session = scheduler.open(command.avatar, command.format, asyncio.get_running_loop())
         self.admission.log(self.request, f"session {session.id} started: avatar {command.avatar}, {command.format}")
-        avatar = session.avatar
-        await self.ws.send_json({"type": "started", "session": session.id, "fps": avatar.fps, "width": avatar.width,
-                                 "height": avatar.height, "sample_rate": SAMPLE_RATE, "avatar": command.avatar,
-                                 "frames": len(avatar), "batch": scheduler.engine.settings.batch,
-                                 "lead": scheduler.lead})
+        await self.ws.send_json(scheduler.started(session))
         self.sender = asyncio.create_task(_send(self.ws, session, scheduler))
         return True
 
@@ -269,17 +264,12 @@ def _avatar_problem(scheduler: Scheduler, avatar: str) -> str | None:
     return None
 
 
-def _refusal(app: web.Application, avatar: str | None) -> tuple[int, str] | None:
-    """Why a new WebRTC session is refused, as an HTTP status and the message, or
-    None. Host, Origin and the token were checked by the admission middleware
-    before the offer was read; a WebRTC session's place is its scheduler session."""
-    if avatar is None:
-        return None
+def _refusal(app: web.Application, avatar: str) -> Refusal | None:
+    """Why a new WebRTC session on `avatar` is refused, or None. Host, Origin and
+    the token were checked by the admission middleware before the offer was
+    read; a WebRTC session's place is its scheduler session."""
     problem = _avatar_problem(app[SCHEDULER], avatar)
-    if problem:
-        return 404, problem
-    full = app[ADMISSION].full()
-    return (full.status, full.message) if full else None
+    return Refusal(404, problem) if problem else app[ADMISSION].full()
 
 
 async def _send(ws: web.WebSocketResponse, session: Session, scheduler: Scheduler):

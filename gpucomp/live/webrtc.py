@@ -139,7 +139,8 @@ class WebRTCPeers:
     """Every WebRTC session of a server, and the encoder threads they share."""
 
     def __init__(self, scheduler: Scheduler, settings: WebRTCSettings, refusal):
-        """`refusal(request, avatar)`: the server's admission, (status, message) or None."""
+        """`refusal(avatar)`: why the server has no session for one more peer on
+        `avatar` (a Refusal: unknown avatar, server full), or None."""
         self.scheduler, self.settings, self.refusal = scheduler, settings, refusal
         self.addresses = host_candidate_addresses(settings.host)
         self.peers: set[_Peer] = set()
@@ -157,15 +158,13 @@ class WebRTCPeers:
         except (ValueError, UnicodeDecodeError):
             body = None
         avatar = body.get("avatar") if isinstance(body, dict) else None
-        refused = self.refusal(request, avatar if isinstance(avatar, str) else None)
-        if refused and refused[0] == 401:
-            return _error(*refused)
         if not isinstance(body, dict) or not isinstance(body.get("sdp"), str) or body.get("type") != "offer" \
                 or not isinstance(avatar, str):
             return _error(400, 'send JSON {"sdp": OFFER_SDP, "type": "offer", "avatar": NAME} '
                                f"of at most {MAX_OFFER >> 10} KiB")
+        refused = self.refusal(avatar)  # Host, Origin and the token: the admission middleware, already
         if refused:
-            return _error(*refused)
+            return refused.response()
         problem = _offer_problem(body["sdp"])
         if problem:
             return _error(400, problem)
@@ -270,11 +269,7 @@ class _Peer:
             return
         self.begun = True
         self.scheduler.begin(self.session)
-        avatar = self.session.avatar
-        self._send_text({"type": "started", "session": self.session.id, "fps": avatar.fps, "width": avatar.width,
-                         "height": avatar.height, "sample_rate": SAMPLE_RATE, "avatar": self.avatar,
-                         "frames": len(avatar), "batch": self.scheduler.engine.settings.batch,
-                         "lead": self.scheduler.lead, "video_codec": self.codec})
+        self._send_text({**self.scheduler.started(self.session), "video_codec": self.codec})
         self._spawn(self._pump())
 
     async def _deadline(self):

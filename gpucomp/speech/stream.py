@@ -40,11 +40,15 @@ def window_total(samples: int, fps: float) -> int:
     return melspec.window_count(frames, fps) if frames >= melspec.WINDOW_FRAMES else 0
 
 
+def _padded(n: int) -> int:
+    """M = n + 2 output frames of n windows; none when there is no window."""
+    return n + 2 if n else 0
+
+
 def padded_rows(samples: int, fps: float) -> int:
     """M = n + 2, the output frames of speech of `samples` samples (0 when it is
     too short for any): known from the count alone, before any is computed."""
-    n = window_total(samples, fps)
-    return n + 2 if n else 0
+    return _padded(window_total(samples, fps))
 
 
 class FeatureStream:
@@ -82,7 +86,7 @@ class FeatureStream:
     @property
     def rows(self) -> int | None:
         """M = n + 2 padded rows, once ended (0 for speech too short)."""
-        return None if self.count is None else (self.count + 2 if self.count else 0)
+        return None if self.count is None else _padded(self.count)
 
     def _add_mel(self, rows: np.ndarray):
         if len(rows):

@@ -26,7 +26,6 @@ participant): `await GpucompAvatarSession(url=..., avatar=...).start(session, ro
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
 
 from livekit import rtc
@@ -43,8 +42,6 @@ from .client import LiveClient
 from .media import SpeechResampler, decode_rgb
 from .meter import AvatarMeter
 from .protocol import SAMPLE_RATE
-
-logger = logging.getLogger("gpucomp_client.livekit")
 
 
 class GpucompVideoGenerator(VideoGenerator):

@@ -157,7 +157,6 @@ class WebRTCClient:
         self._tasks: list[asyncio.Task] = []
         self._pictures: dict[int, VideoFrame] = {}  # kept before their header said whether to keep them
         self._arrived = asyncio.Event()
-        self._fps = None
 
     async def __aenter__(self) -> "WebRTCClient":
         try:
@@ -218,7 +217,7 @@ class WebRTCClient:
                     kept.image = None
             else:
                 if data.get("type") == "started":
-                    self.started, self._fps = data, data["fps"]
+                    self.started = data
                 self.notices.append(data)
         self._arrived.set()
 
@@ -236,7 +235,7 @@ class WebRTCClient:
                 decoded = await track.recv()
                 now = time.monotonic()
                 if track.kind == "video":
-                    n = round(decoded.pts * self._fps / 90000) if self._fps else None
+                    n = round(decoded.pts * self.started["fps"] / 90000) if self.started else None
                     speech = self._is_speech(n)  # None: its header has not come yet
                     keep = self.images == "all" or (self.images == "speech" and speech is not False)
                     frame = VideoFrame(n, decoded.pts, decoded.key_frame, now,
